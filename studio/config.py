@@ -1,0 +1,118 @@
+"""Settings: the one home of the studio's defaults, read from flags and STUDIO_* variables.
+
+Every flag of `python app.py` has an environment twin (--cpu-offload -> STUDIO_CPU_OFFLOAD);
+a flag given on the command line wins over the variable. On a Hugging Face Space (SPACE_ID set)
+the studio binds 0.0.0.0 and saves nothing to disk unless told otherwise. This module parses and
+validates settings; it does not act on them.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = str(REPO_ROOT / "models" / "tiny-shapes")
+ATTENTION_SLICING = ("off", "auto", "max")
+PREVIEWS = ("none", "fast", "tiny", "full")
+
+
+@dataclasses.dataclass
+class Settings:
+    model: str = DEFAULT_MODEL
+    model_config: str | None = None    # diffusers folder whose configs a single file uses
+    device: str = "auto"
+    dtype: str = "auto"
+    attention_slicing: str = "auto"
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = False
+    trust_pickle: bool = False
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    auth: str | None = None            # "user:password"
+    outputs: str = str(REPO_ROOT / "outputs")
+    no_save: bool = False
+    allowed_models: tuple[str, ...] = ()  # public mode: only these may be loaded from the UI/API
+    max_queue: int = 16
+
+    @property
+    def on_space(self) -> bool:
+        return bool(os.environ.get("SPACE_ID"))
+
+    @property
+    def public(self) -> bool:
+        """Anyone may reach this server: a Space, a share link, or a non-loopback host."""
+        return self.on_space or self.share or self.host not in ("127.0.0.1", "localhost", "::1")
+
+    def auth_pair(self) -> tuple[str, str] | None:
+        if not self.auth:
+            return None
+        user, sep, password = self.auth.partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f"--auth={self.auth!r} must look like user:password")
+        return user, password
+
+
+def _env_default(name: str, default):
+    raw = os.environ.get("STUDIO_" + name.upper())
+    if raw is None:
+        return default
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, tuple):
+        return comma_list(raw)
+    return raw
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def defaults() -> dict:
+    """Settings' defaults with STUDIO_* variables and the Space's needs applied."""
+    base = Settings()
+    d = {f.name: _env_default(f.name, getattr(base, f.name)) for f in dataclasses.fields(Settings)}
+    if os.environ.get("SPACE_ID"):
+        d["host"] = os.environ.get("STUDIO_HOST", "0.0.0.0")
+        d["no_save"] = _env_default("no_save", True)
+    return d
+
+
+def add_model_arguments(p: argparse.ArgumentParser, d: dict) -> None:
+    """The flags that say which model to load and how; shared by app.py and the CLI."""
+    p.add_argument("--model", default=d["model"], help="Hub id, diffusers folder or .safetensors file (default: the bundled tiny-shapes model)")
+    p.add_argument("--model-config", default=d["model_config"], help="diffusers folder whose configs a single-file checkpoint uses (needed offline)")
+    p.add_argument("--device", default=d["device"], help="auto, cuda, mps, xpu or cpu (default: auto)")
+    p.add_argument("--dtype", default=d["dtype"], choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--attention-slicing", default=d["attention_slicing"], choices=ATTENTION_SLICING)
+    p.add_argument("--vae-slicing", action=argparse.BooleanOptionalAction, default=d["vae_slicing"])
+    p.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=d["vae_tiling"])
+    p.add_argument("--cpu-offload", action=argparse.BooleanOptionalAction, default=d["cpu_offload"], help="model CPU offload (needs an accelerator)")
+    p.add_argument("--trust-pickle", action=argparse.BooleanOptionalAction, default=d["trust_pickle"], help="allow loading pickle checkpoints (.ckpt .bin .pt .pth), which can run code")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = defaults()
+    p = argparse.ArgumentParser(prog="app.py", description="Diffusion Studio: a local diffusion web UI.")
+    add_model_arguments(p, d)
+    p.add_argument("--host", default=d["host"], help="address to bind (default 127.0.0.1; 0.0.0.0 on a Space)")
+    p.add_argument("--port", type=int, default=d["port"])
+    p.add_argument("--share", action=argparse.BooleanOptionalAction, default=d["share"], help="also open a public gradio.live link (needs the internet)")
+    p.add_argument("--auth", default=d["auth"], help="user:password required for the UI and the API")
+    p.add_argument("--outputs", default=d["outputs"], help="folder for saved images")
+    p.add_argument("--no-save", action=argparse.BooleanOptionalAction, default=d["no_save"], help="do not write images to --outputs")
+    p.add_argument("--allowed-models", type=comma_list, default=d["allowed_models"], help="comma-separated models the UI may switch to")
+    p.add_argument("--max-queue", type=int, default=d["max_queue"], help="requests waiting at most; more get 'queue full'")
+    return p
+
+
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    args = build_parser().parse_args(argv)
+    settings = Settings(**vars(args))
+    settings.auth_pair()  # fail early on a malformed --auth
+    return settings

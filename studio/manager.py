@@ -1,0 +1,269 @@
+"""PipelineManager: one loaded model, one lock, and `generate(request) -> result`.
+
+The manager owns the device, the precision and the memory options, loads and switches models
+(a failed load keeps the current model), and runs txt2img and img2img on one copy of the weights
+(the img2img pipeline is made with `from_pipe`). Generation and switching are serialised by one
+lock. Every run gets a fresh scheduler and CPU generators seeded per image, so a request gives
+the same pixels as calling the diffusers pipeline directly with the same arguments. This module
+knows nothing of Gradio; `stream()` serves any UI that wants step-by-step progress.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import queue
+import random
+import threading
+import time
+
+import numpy as np
+import torch
+
+from studio import devices, images, models, prompts, schedulers
+from studio.config import Settings
+from studio.errors import GenerationCancelled, StudioError
+from studio.previews import PreviewDecoder
+from studio.requests import MAX_SEED, GenerationRequest, GenerationResult, check_inputs
+from studio.trajectory import TrajectoryRecorder
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    source: models.ModelSource
+    txt2img: object               # the pipeline as loaded (text-to-image or unconditional)
+    scheduler_config: dict        # the model's own scheduler config, never mutated
+    family: str
+    hash: str
+    native_size: int
+    _img2img: object | None = None
+
+    @property
+    def img2img(self):
+        if self._img2img is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            # Shares every module with txt2img (no second copy of the weights) and keeps the dtype.
+            self._img2img = AutoPipelineForImage2Image.from_pipe(self.txt2img)
+        return self._img2img
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    device: str
+    dtype: str
+    native_size: int
+    memory: dict
+
+
+class PipelineManager:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings()
+        self.device = devices.choose_device(self.settings.device)
+        self.dtype = devices.choose_dtype(self.settings.dtype, self.device)
+        self._lock = threading.RLock()
+        self._running_cancel: threading.Event | None = None  # the running job's Stop flag
+        self._model: LoadedModel | None = None
+        self.previews = PreviewDecoder()
+
+    # ----- models -------------------------------------------------------------------------
+    def load(self, name: str | None = None) -> ModelInfo:
+        """Load `name` (default: the settings' model). If it fails, the current model stays."""
+        name = name or self.settings.model
+        source = models.resolve(name, trust_pickle=self.settings.trust_pickle)
+        with self._lock:
+            pipe = models.load_pipeline(source, self.dtype, self.settings.model_config)
+            self._unload()
+            self._model = self._place(source, pipe)
+            self.previews.reset()
+            return self.info
+
+    def _place(self, source: models.ModelSource, pipe) -> LoadedModel:
+        """Apply precision, memory options and the device to a freshly loaded pipeline."""
+        pipe.set_progress_bar_config(disable=True)
+        self._apply_memory_options(pipe)
+        unet = getattr(pipe, "unet", None)
+        scale = getattr(pipe, "vae_scale_factor", 1)
+        return LoadedModel(source=source, txt2img=pipe, scheduler_config=dict(pipe.scheduler.config),
+                           family=models.family(pipe), hash=models.model_hash(source),
+                           native_size=int(unet.config.sample_size) * scale if unet is not None else 64)
+
+    def _apply_memory_options(self, pipe) -> None:
+        s = self.settings
+        slicing = s.attention_slicing
+        if slicing == "max" or (slicing == "auto" and self.device.startswith("mps")):
+            pipe.enable_attention_slicing("max" if slicing == "max" else "auto")
+        vae = getattr(pipe, "vae", None)
+        if vae is not None and s.vae_slicing:
+            vae.enable_slicing()
+        if vae is not None and s.vae_tiling:
+            vae.enable_tiling()
+        if s.cpu_offload:
+            if self.device == "cpu":
+                raise StudioError("cpu_offload needs an accelerator (cuda, xpu or mps); on the CPU "
+                                  "the model is already in main memory, so leave --cpu-offload off.")
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+
+    def _unload(self) -> None:
+        self._model = None
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    @property
+    def info(self) -> ModelInfo:
+        m = self._require_model()
+        s = self.settings
+        memory = {"attention_slicing": s.attention_slicing, "vae_slicing": s.vae_slicing,
+                  "vae_tiling": s.vae_tiling, "cpu_offload": s.cpu_offload}
+        return ModelInfo(m.source.name, m.family, devices.describe(self.device),
+                         devices.dtype_name(self.dtype), m.native_size, memory)
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self._require_model()
+
+    def _require_model(self) -> LoadedModel:
+        if self._model is None:
+            raise StudioError("No model is loaded yet; load one with --model or the model box.")
+        return self._model
+
+    # ----- generation ---------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop the running generation at its next step."""
+        running = self._running_cancel
+        if running is not None:
+            running.set()
+
+    def generate(self, request: GenerationRequest, on_step=None,
+                 cancel: threading.Event | None = None) -> GenerationResult:
+        """Run one request; `on_step(step, total, previews_or_None)` is called after each step.
+
+        Setting `cancel` (or calling `cancel()`) stops it at its next step."""
+        request = check_inputs(request)
+        cancel = cancel or threading.Event()
+        with self._lock:
+            self._running_cancel = cancel
+            try:
+                return self._run(self._require_model(), request, on_step, cancel)
+            except torch.OutOfMemoryError as exc:
+                raise StudioError(out_of_memory_message(request)) from exc
+            except RuntimeError as exc:
+                if "out of memory" not in str(exc).lower():
+                    raise
+                raise StudioError(out_of_memory_message(request)) from exc
+            finally:
+                self._running_cancel = None
+                gc.collect()
+                if self.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+
+    def _run(self, model: LoadedModel, request: GenerationRequest, on_step,
+             cancel: threading.Event) -> GenerationResult:
+        started = time.perf_counter()
+        warnings: list[str] = []
+        # 1. Resolve what the request leaves open: size, seeds, pipeline and a fresh scheduler
+        width, height = request.width or model.native_size, request.height or model.native_size
+        base_seed = request.seed if request.seed >= 0 else random.randrange(MAX_SEED + 1)
+        seeds = [(base_seed + i) % (MAX_SEED + 1) for i in range(request.num_images_per_prompt)]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        pipe = model.img2img if request.is_img2img else model.txt2img
+        pipe.scheduler = schedulers.make_scheduler(request.scheduler, model.scheduler_config)
+        request = dataclasses.replace(request, width=width, height=height, seed=base_seed)
+
+        # 2. Prompts: warn where the text encoder cuts them; clip_skip done right
+        for text, name in ((request.prompt, "prompt"), (request.negative_prompt, "negative_prompt")):
+            warning = prompts.token_limit_warning(getattr(pipe, "tokenizer", None), text, name)
+            warnings += [warning] if warning else []
+        kwargs = prompts.clip_skip_kwargs(pipe, request.prompt, request.negative_prompt, request.clip_skip)
+
+        # 3. img2img input, upright RGB at the requested size
+        if request.is_img2img:
+            kwargs |= {"image": images.prepare(request.image, width, height), "strength": request.strength}
+        else:
+            kwargs |= {"width": width, "height": height}
+
+        # 4. The recorder behind callback_on_step_end: trajectory, previews, cancel
+        total = request.steps_to_run()
+        recorder = TrajectoryRecorder(request.num_inference_steps,
+                                      start_step=request.num_inference_steps - total,
+                                      on_step=self._step_reporter(model, request, total, on_step),
+                                      should_stop=cancel.is_set)
+        recorder.attach(pipe.scheduler)
+
+        # 5. Denoise and decode
+        denoise_started = time.perf_counter()
+        output = pipe(num_inference_steps=request.num_inference_steps,
+                      guidance_scale=request.guidance_scale,
+                      num_images_per_prompt=request.num_images_per_prompt, generator=generators,
+                      output_type="np", callback_on_step_end=recorder.callback, **kwargs)
+        if cancel.is_set():
+            done = len(recorder.trajectory.steps)
+            raise GenerationCancelled(f"Stopped at step {done} of {total}.")
+
+        # 6. Never a silent black image: NaN means the precision failed
+        pixels = output.images  # (batch, h, w, 3) in [0, 1]
+        if not np.isfinite(pixels).all():
+            raise StudioError(f"The model produced NaN pixels in {devices.dtype_name(self.dtype)}; "
+                              "try --dtype float32 (or bfloat16), or a VAE that works in float16.")
+        finished = time.perf_counter()
+        return GenerationResult(
+            images=pipe.image_processor.numpy_to_pil(pixels), seeds=seeds, request=request,
+            model=model.source.name, model_hash=model.hash, device=self.device,
+            dtype=devices.dtype_name(self.dtype), warnings=warnings, trajectory=recorder.trajectory,
+            scheduler_name=schedulers.name_of(pipe.scheduler),
+            timings={"total": finished - started, "denoise_and_decode": finished - denoise_started,
+                     "steps": total, "seconds_per_step": (finished - denoise_started) / max(total, 1)})
+
+    def _step_reporter(self, model: LoadedModel, request: GenerationRequest, total: int, on_step):
+        if on_step is None:
+            return None
+
+        def report(step, recorder) -> None:
+            number = step.index + 1
+            due = request.preview != "none" and (number % request.preview_every == 0 or number == total)
+            picture = self.previews.decode(model, step.x0, request.preview) if due else None
+            on_step(number, total, picture)
+
+        return report
+
+    def stream(self, request: GenerationRequest):
+        """Run in a worker thread; yield ("step", n, total, preview) events, then ("done", result).
+
+        Closing the generator early (a UI's Stop, a dropped client) cancels the run.
+        """
+        events: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+
+        def report(*event) -> None:
+            events.put(("step", *event))
+
+        def work() -> None:
+            try:
+                events.put(("done", self.generate(request, on_step=report, cancel=cancel)))
+            except BaseException as exc:  # handed to the consumer, raised there
+                events.put(("error", exc))
+
+        worker = threading.Thread(target=work, name="studio-generate", daemon=True)
+        worker.start()
+        try:
+            while True:
+                event = events.get()
+                if event[0] == "error":
+                    raise event[1]
+                yield event
+                if event[0] == "done":
+                    return
+        finally:
+            if worker.is_alive():
+                cancel.set()
+                worker.join()
+
+
+def out_of_memory_message(request: GenerationRequest) -> str:
+    return (f"Out of memory at {request.width}x{request.height} with "
+            f"num_images_per_prompt={request.num_images_per_prompt}; memory was released. Try a "
+            "smaller size or batch, or --attention-slicing max / --vae-tiling / --cpu-offload.")

@@ -1,0 +1,132 @@
+"""Latents -> pictures for previews and the viewer: the full VAE, a fast linear map, or a tiny AE.
+
+- "full": the model's own VAE, exact and slow.
+- "fast": one linear map from a latent pixel to an RGB pixel, nearly free. It is fitted by least
+  squares for each model: a few synthetic pictures are encoded with the model's own VAE and the
+  map that best takes their latents back to their (downsampled) pixels is kept, per model hash.
+  Known SD and SDXL factor tables are only a fallback if fitting fails.
+- "tiny": an AutoencoderTiny (TAESD family) given by id or path.
+This module draws nothing on screen; it returns PIL images.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from studio.errors import StudioError
+
+CALIBRATION_IMAGES = 12
+CALIBRATION_SIZE = 128
+# Fallback latent -> RGB factors in [-1, 1] (4 latent channels x RGB) for the SD 1.x/2.x VAE.
+SD_FACTORS = [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
+
+
+class PreviewDecoder:
+    """Decodes latents to pictures; remembers one fitted fast map per model."""
+
+    def __init__(self, tiny_vae: str | None = None):
+        self.tiny_vae_name = tiny_vae
+        self._fast: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tiny = None
+
+    def reset(self) -> None:
+        self._tiny = None
+
+    def decode(self, model, latents: torch.Tensor, kind: str) -> list[Image.Image]:
+        """`latents`: (batch, c, h, w) alpha-scale latents, as the pipeline's UNet sees them."""
+        if kind == "fast":
+            return self.fast(model, latents)
+        if kind == "full":
+            return self.full(model, latents)
+        if kind == "tiny":
+            return self.tiny(model, latents)
+        raise StudioError(f"preview={kind!r} is not a decoder; choose none, fast, tiny or full.")
+
+    # ----- full VAE -------------------------------------------------------------------------
+    @torch.no_grad()
+    def full(self, model, latents: torch.Tensor) -> list[Image.Image]:
+        pipe = model.txt2img
+        vae = pipe.vae
+        z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None):
+            z = z + vae.config.shift_factor
+        pixels = vae.decode(z).sample
+        return pipe.image_processor.postprocess(pixels.float(), output_type="pil")
+
+    # ----- fast linear map ----------------------------------------------------------------
+    def fast(self, model, latents: torch.Tensor) -> list[Image.Image]:
+        weight, bias = self.fast_map(model)  # (c, 3), (3,)
+        rgb = torch.einsum("bchw,cr->brhw", latents.float().cpu(), weight) + bias[None, :, None, None]
+        scale = getattr(model.txt2img, "vae_scale_factor", 8)
+        return [to_pil(image, scale) for image in rgb]
+
+    def fast_map(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        if model.hash not in self._fast:
+            try:
+                self._fast[model.hash] = fit_linear_map(model.txt2img)
+            except (RuntimeError, ValueError) as exc:
+                if model.txt2img.vae.config.latent_channels != 4:
+                    raise StudioError(f"The fast preview could not be fitted for this model: {exc}") from exc
+                self._fast[model.hash] = (torch.tensor(SD_FACTORS) * 0.5, torch.full((3,), 0.5))
+        return self._fast[model.hash]
+
+    # ----- tiny autoencoder ---------------------------------------------------------------
+    @torch.no_grad()
+    def tiny(self, model, latents: torch.Tensor) -> list[Image.Image]:
+        if not self.tiny_vae_name:
+            raise StudioError("preview='tiny' needs a tiny autoencoder: pass --tiny-vae with a "
+                              "TAESD id or folder (for example madebyollin/taesd).")
+        if self._tiny is None:
+            from diffusers import AutoencoderTiny
+
+            self._tiny = AutoencoderTiny.from_pretrained(self.tiny_vae_name).to(model.txt2img.device)
+        vae = model.txt2img.vae
+        # TAESD takes unscaled-by-factor latents: z / scaling_factor * taesd's own scaling (1.0)
+        z = latents.to(self._tiny.device, self._tiny.dtype) / vae.config.scaling_factor
+        pixels = self._tiny.decode(z).sample  # (b, 3, H, W) in [-1, 1]
+        return [to_pil(image.float().cpu() * 0.5 + 0.5, 1) for image in pixels]
+
+
+def to_pil(rgb: torch.Tensor, upscale: int) -> Image.Image:
+    """(3, h, w) in [0, 1] -> PIL, enlarged `upscale` times with nearest-neighbour."""
+    array = (rgb.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    image = Image.fromarray(array)
+    return image.resize((image.width * upscale, image.height * upscale), Image.Resampling.NEAREST) \
+        if upscale > 1 else image
+
+
+def calibration_pictures(count: int, size: int, seed: int = 0) -> torch.Tensor:
+    """(count, 3, size, size) in [-1, 1]: smooth colour fields with hard-edged blobs on them."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, 4, 4, generator=g)
+    pictures = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for i in range(count):
+        for _ in range(4):
+            cx, cy, r = (torch.rand(3, generator=g) * torch.tensor([size, size, size / 4])).tolist()
+            mask = (xx - cx) ** 2 + (yy - cy) ** 2 < (r + 2) ** 2
+            pictures[i][:, mask] = torch.rand(3, 1, generator=g)
+    return pictures.clamp(0, 1) * 2 - 1
+
+
+@torch.no_grad()
+def fit_linear_map(pipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares latent (c) -> RGB map, fitted on pictures encoded by the model's own VAE.
+
+    Returns weight (c, 3) and bias (3,) taking scaled latents to RGB in [0, 1].
+    """
+    vae = pipe.vae
+    scale = pipe.vae_scale_factor
+    size = max(scale * 8, min(CALIBRATION_SIZE, int(pipe.unet.config.sample_size) * scale))
+    pictures = calibration_pictures(CALIBRATION_IMAGES, size)
+    latents = vae.encode(pictures.to(vae.device, vae.dtype)).latent_dist.mean.float().cpu()
+    latents = latents * vae.config.scaling_factor  # the scale the UNet works in
+    small = torch.nn.functional.avg_pool2d(pictures * 0.5 + 0.5, scale)  # (n, 3, h, w) in [0, 1]
+    x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)   # bias column
+    y = small.permute(0, 2, 3, 1).reshape(-1, 3)
+    solution = torch.linalg.lstsq(x, y).solution          # (c + 1, 3)
+    if not torch.isfinite(solution).all():
+        raise ValueError("the least-squares fit did not converge")
+    return solution[:-1], solution[-1]

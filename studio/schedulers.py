@@ -1,0 +1,58 @@
+"""Sampler names people know (AUTOMATIC1111's) and the diffusers schedulers behind them.
+
+The one home of that mapping. `make_scheduler` builds a fresh scheduler from the model's own
+scheduler config, so every run starts from clean state and keeps the model's noise schedule and
+prediction type (epsilon or v). "Default" is the model's own scheduler, unchanged.
+This module does not run schedulers.
+"""
+from __future__ import annotations
+
+import diffusers
+
+from studio.errors import StudioError
+
+DEFAULT = "Default"
+
+# name -> (diffusers class name, extra config)
+SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "DDIM": ("DDIMScheduler", {}),
+    "DDPM": ("DDPMScheduler", {}),
+    "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "LMS": ("LMSDiscreteScheduler", {}),
+    "DPM2": ("KDPM2DiscreteScheduler", {}),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ SDE": ("DPMSolverSDEScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+    "LCM": ("LCMScheduler", {}),
+}
+NAMES = [DEFAULT, *SCHEDULERS]
+
+
+def make_scheduler(name: str, model_config: dict):
+    """A new scheduler called `name`, configured from the model's own scheduler config."""
+    if name == DEFAULT:
+        cls_name, extra = model_config["_class_name"], {}
+    elif name in SCHEDULERS:
+        cls_name, extra = SCHEDULERS[name]
+    else:
+        raise StudioError(f"scheduler={name!r} is not known; choose one of: {', '.join(NAMES)}.")
+    cls = getattr(diffusers, cls_name)
+    return cls.from_config({**model_config, **extra})
+
+
+def name_of(scheduler) -> str:
+    """The user-facing name of a scheduler instance, for metadata ("Euler a", "DPM++ 2M Karras")."""
+    cls_name = type(scheduler).__name__
+    config = dict(scheduler.config)
+    best, best_extra = cls_name, -1
+    for name, (candidate, extra) in SCHEDULERS.items():
+        matches = candidate == cls_name and all(config.get(k) == v for k, v in extra.items())
+        if matches and len(extra) > best_extra:  # the most specific name wins
+            best, best_extra = name, len(extra)
+    return best

@@ -1,0 +1,137 @@
+"""The per-step record of a run: for every denoising step, x_t, the predicted clean x0, t and sigma.
+
+`TrajectoryRecorder` sits behind diffusers' `callback_on_step_end` and wraps the run's own
+(fresh) scheduler's `step` to see what the callback is not given: the noise prediction and the
+scheduler's x0. x0 comes from the scheduler where it gives one (`pred_original_sample`, LCM's
+`denoised`, DPM-Solver/UniPC `model_outputs[-1]`), else from the closed form for epsilon or v
+prediction. Latents are stored in the variance-preserving ("alpha") scale whatever the scheduler
+uses internally, as float16 on the CPU, so 150 SDXL steps stay in tens of MB; pictures are decoded
+on demand by studio.previews. Heun-type schedulers call the UNet twice a step but leave one entry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+STORE_DTYPE = torch.float16
+
+
+@dataclasses.dataclass
+class Step:
+    index: int            # 0-based among the steps that ran
+    timestep: float
+    sigma: float          # sqrt((1 - alpha_bar) / alpha_bar) at this timestep
+    latents: torch.Tensor  # x_t entering the step, (batch, c, h, w), alpha scale
+    x0: torch.Tensor       # predicted clean latents at this step, (batch, c, h, w)
+
+
+@dataclasses.dataclass
+class Trajectory:
+    steps: list[Step] = dataclasses.field(default_factory=list)
+    num_inference_steps: int = 0   # as requested
+    start_step: int = 0            # img2img: steps skipped by strength
+    final: torch.Tensor | None = None  # latents after the last step
+
+    def nbytes(self) -> int:
+        tensors = [t for s in self.steps for t in (s.latents, s.x0)]
+        tensors += [self.final] if self.final is not None else []
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def sigma_from_alpha_bar(alpha_bar: float) -> float:
+    return math.sqrt((1.0 - alpha_bar) / alpha_bar)
+
+
+def alpha_bar_at(alphas_cumprod: torch.Tensor, timestep: float) -> float:
+    """alpha_bar at a possibly fractional timestep, interpolating log-sigma (k-diffusion style)."""
+    t = min(max(float(timestep), 0.0), len(alphas_cumprod) - 1.0)
+    low, frac = int(math.floor(t)), t - math.floor(t)
+    high = min(low + 1, len(alphas_cumprod) - 1)
+    log_sigma = [math.log(sigma_from_alpha_bar(float(alphas_cumprod[i]))) for i in (low, high)]
+    sigma = math.exp(log_sigma[0] * (1 - frac) + log_sigma[1] * frac)
+    return 1.0 / (1.0 + sigma * sigma)
+
+
+def x0_closed_form(x_t: torch.Tensor, model_output: torch.Tensor, alpha_bar: float,
+                   prediction_type: str) -> torch.Tensor:
+    """x0 from alpha-scale x_t = sqrt(a) x0 + sqrt(1-a) eps (Ho et al. 2020, eq. 15; v: Salimans & Ho 2022)."""
+    a, s = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+    if prediction_type == "v_prediction":
+        return a * x_t - s * model_output
+    if prediction_type == "sample":
+        return model_output
+    return (x_t - s * model_output) / a
+
+
+def uses_sigma_scale(scheduler) -> bool:
+    """k-diffusion-style schedulers keep x = x0 + sigma * eps rather than the alpha scale."""
+    return float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0
+
+
+class TrajectoryRecorder:
+    """Records one run. Install with `attach(scheduler)`; pass `callback` to the pipeline."""
+
+    def __init__(self, num_inference_steps: int, start_step: int = 0, on_step=None, should_stop=None):
+        self.trajectory = Trajectory(num_inference_steps=num_inference_steps, start_step=start_step)
+        self.on_step = on_step          # on_step(step: Step, recorder) after each finished step
+        self.should_stop = should_stop  # should_stop() -> bool, checked after each step
+        self._pending: dict | None = None   # a step whose second UNet call is still to come
+        self._ready: dict | None = None     # a finished step the next callback will record
+        self._scheduler = None
+
+    def attach(self, scheduler) -> None:
+        self._scheduler = scheduler
+        original = scheduler.step
+
+        def step(model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
+            out = original(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+            self._observe(model_output, timestep, sample, out)
+            return out if return_dict else out.to_tuple()
+
+        scheduler.step = step
+
+    def _observe(self, model_output, timestep, sample, out) -> None:
+        scheduler = self._scheduler
+        first_call = self._pending is None
+        if first_call:
+            alpha_bar = alpha_bar_at(scheduler.alphas_cumprod, float(timestep))
+            scale = math.sqrt(alpha_bar) if uses_sigma_scale(scheduler) else 1.0  # -> alpha scale
+            self._pending = {"timestep": float(timestep), "alpha_bar": alpha_bar,
+                             "latents": (sample * scale)}
+        if getattr(scheduler, "state_in_first_order", True):  # a whole step is done
+            pending, self._pending = self._pending, None
+            pending["x0"] = self._x0(model_output, out, pending)
+            self._ready = pending
+
+    def _x0(self, model_output, out, pending) -> torch.Tensor:
+        for name in ("pred_original_sample", "denoised"):
+            value = getattr(out, name, None)
+            if value is not None:
+                return value
+        outputs = getattr(self._scheduler, "model_outputs", None)
+        if outputs and outputs[-1] is not None:  # DPM-Solver++ / UniPC convert to x0 themselves
+            return outputs[-1]
+        return x0_closed_form(pending["latents"], model_output, pending["alpha_bar"],
+                              self._scheduler.config.prediction_type)
+
+    def callback(self, pipe, i: int, t, callback_kwargs: dict) -> dict:
+        ready, self._ready = self._ready, None
+        steps = self.trajectory.steps
+        if ready is not None and steps and steps[-1].timestep == ready["timestep"]:
+            # PLMS runs its first timestep twice (a warm-up, then the real step): one entry
+            steps[-1].x0 = ready["x0"].detach().to("cpu", STORE_DTYPE)
+        elif ready is not None:
+            entry = Step(
+                index=len(self.trajectory.steps), timestep=ready["timestep"],
+                sigma=sigma_from_alpha_bar(ready["alpha_bar"]),
+                latents=ready["latents"].detach().to("cpu", STORE_DTYPE),
+                x0=ready["x0"].detach().to("cpu", STORE_DTYPE))
+            self.trajectory.steps.append(entry)
+            self.trajectory.final = callback_kwargs["latents"].detach().to("cpu", STORE_DTYPE)
+            if self.on_step is not None:
+                self.on_step(entry, self)
+        if self.should_stop is not None and self.should_stop():
+            pipe._interrupt = True
+        return callback_kwargs

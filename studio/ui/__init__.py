@@ -1,0 +1,29 @@
+"""The Gradio Blocks UI. `build_demo(manager, settings)` lays out the tabs; it does not launch.
+
+One module per tab; each tab's events only call the PipelineManager. All events that run the
+model share one concurrency_id, so the server runs one generation at a time and queues the rest.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.config import Settings
+from studio.outputs import OutputWriter
+from studio.ui import generate_tab, settings_panel
+
+TITLE = "Diffusion Studio"
+DEFAULT_PROMPT = "a small red circle at the top left on a blue background"
+
+
+def build_demo(manager, settings: Settings) -> gr.Blocks:
+    writer = OutputWriter(settings.outputs, save=not settings.no_save)
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nWatch noise turn into a picture. Hover a control to see what it does.")
+        settings_panel.build(manager, settings)
+        with gr.Tabs():
+            with gr.Tab("Text to image", id="txt2img", elem_id="tab-txt2img"):
+                generate_tab.build("txt2img", manager, writer, DEFAULT_PROMPT)
+            with gr.Tab("Image to image", id="img2img", elem_id="tab-img2img"):
+                generate_tab.build("img2img", manager, writer, "a large blue square in the center")
+    demo.queue(max_size=settings.max_queue, default_concurrency_limit=1)
+    return demo

@@ -1,0 +1,92 @@
+"""The "Text to image" and "Image to image" tabs: a parameter panel, Generate and Stop, results.
+
+Both tabs are one layout; img2img adds the input picture and the strength slider, which says how
+many of the N steps will run. Event functions are thin: they build a GenerationRequest, stream
+it through the manager, and show previews, the gallery and the seeds.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.requests import GenerationRequest
+from studio.ui import common
+from studio.outputs import OutputWriter
+
+
+def strength_note(steps, strength) -> str:
+    request = GenerationRequest(num_inference_steps=int(steps), strength=float(strength), image=object())
+    run = request.steps_to_run()
+    if run < 1:
+        return f"⚠️ int({int(steps)} × {strength:g}) = 0: no step would run. Raise the strength or the steps."
+    return (f"**{run} of {int(steps)} steps will run**: the picture is noised to step "
+            f"{int(steps) - run} and denoised from there. Low strength keeps more of it.")
+
+
+def build(mode: str, manager, writer: OutputWriter, default_prompt: str) -> dict:
+    """Lay out one generation tab; returns its components by name for other tabs to use."""
+    tab = "txt2img" if mode == "txt2img" else "img2img"
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5):
+            image = strength = None
+            if mode == "img2img":
+                image = gr.Image(label="Starting picture", type="filepath", image_mode=None,
+                                 sources=["upload", "clipboard"], elem_id="img2img-image", height=256)
+                strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Strength (denoising strength)",
+                                     elem_id="img2img-strength")
+                steps_note = gr.Markdown(strength_note(20, 0.75), elem_id="img2img-steps-note")
+            panel = common.parameter_panel(tab, manager.info.native_size, default_prompt)
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}-generate")
+                stop = gr.Button("Stop", variant="stop", elem_id=f"{tab}-stop")
+        with gr.Column(scale=6):
+            preview = gr.Image(label="Live preview", interactive=False, elem_id=f"{tab}-live-preview",
+                               height=256, format="png")
+            gallery = gr.Gallery(label="Result", format="png", columns=4, height=320,
+                                 elem_id=f"{tab}-gallery", interactive=False)
+            info = gr.Markdown(elem_id=f"{tab}-info")
+    last_seed = gr.State(-1)
+
+    def run(*values, progress=gr.Progress()):
+        request = request_from(mode, values)
+        final = None
+        # Yield at every step, preview or not: Gradio's Stop takes effect at a yield.
+        for picture, result in common.run_stream(manager.stream(request), progress):
+            if result is None:
+                yield picture if picture is not None else gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            else:
+                final = result
+        if final is not None:
+            paths = writer.write(final)
+            yield gr.skip(), paths, common.describe_result(final), final.seeds[0]
+
+    inputs = panel.inputs() + ([image, strength] if mode == "img2img" else [])
+    event = generate.click(run, inputs=inputs, outputs=[preview, gallery, info, last_seed],
+                           api_name=tab, concurrency_id=common.GPU, concurrency_limit=1)
+    # Stop cancels this session's own event; Gradio closes its generator, which stops the run.
+    stop.click(None, cancels=[event], api_visibility="private", queue=False)
+    panel.reuse_seed.click(reuse, inputs=last_seed, outputs=panel.seed, api_visibility="private", queue=False)
+    if mode == "img2img":
+        for control in (strength, panel.num_inference_steps):
+            control.change(strength_note, inputs=[panel.num_inference_steps, strength], outputs=steps_note,
+                           api_visibility="private", queue=False)
+    return {"panel": panel, "image": image, "strength": strength, "gallery": gallery,
+            "preview": preview, "generate": generate}
+
+
+def reuse(seed: int) -> int:
+    return seed
+
+
+def request_from(mode: str, values: tuple) -> GenerationRequest:
+    (prompt, negative_prompt, steps, guidance, width, height, scheduler, batch, seed, preview,
+     *rest) = values
+    request = GenerationRequest(
+        prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps,
+        guidance_scale=guidance, width=width, height=height, scheduler=scheduler,
+        num_images_per_prompt=batch, seed=-1 if seed is None else seed, preview=preview or "none")
+    if mode == "img2img":
+        image, strength = rest
+        if image is None:
+            raise gr.Error("image: upload a starting picture first.")
+        request.image, request.strength = image, strength
+    return request

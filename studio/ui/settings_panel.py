@@ -1,0 +1,47 @@
+"""The "Model and settings" panel: which model, device, precision and memory options are in use,
+and a box to switch model (in public mode, only to the configured list).
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.errors import StudioError
+from studio.ui import common
+
+
+def describe(manager) -> str:
+    info = manager.info
+    memory = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in info.memory.items())
+    return (f"**Model:** `{info.name}` ({info.family}, native {info.native_size}px) · "
+            f"**Device:** {info.device} · **Precision:** {info.dtype}  \n**Memory options:** {memory}")
+
+
+def check_allowed(settings, name: str) -> None:
+    """In public mode only the configured models may be loaded: no arbitrary paths or Hub ids."""
+    allowed = set(settings.allowed_models) | {settings.model}
+    if settings.public and name not in allowed:
+        raise StudioError(f"model={name!r} is not offered on this server; choose one of: "
+                          f"{', '.join(sorted(allowed))}.")
+
+
+def build(manager, settings) -> gr.Markdown:
+    with gr.Accordion("Model and settings", open=False, elem_id="settings-panel"):
+        status = gr.Markdown(describe(manager), elem_id="settings-status")
+        choices = list(dict.fromkeys([settings.model, *settings.allowed_models]))
+        with gr.Row():
+            model = gr.Dropdown(choices, value=settings.model, allow_custom_value=not settings.public,
+                                label="Model (Hub id, diffusers folder or .safetensors file)",
+                                elem_id="settings-model", scale=4)
+            load = gr.Button("Load", elem_id="settings-load", scale=1)
+
+    def switch(name: str) -> str:
+        try:
+            check_allowed(settings, name)
+            manager.load(name)
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from exc
+        return describe(manager)
+
+    load.click(switch, inputs=model, outputs=status, api_name="load_model",
+               concurrency_id=common.GPU, concurrency_limit=1)
+    return status

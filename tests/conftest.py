@@ -1,0 +1,75 @@
+"""Shared fixtures: offline settings, tiny saved pipelines per family, managers, the bundled model.
+
+Everything runs offline: HF_HUB_OFFLINE is set before diffusers is imported, and every model is
+either a tiny random pipeline from tests/tiny_pipelines.py saved to a temporary diffusers folder,
+or the bundled models/tiny-shapes model.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.pop("SPACE_ID", None)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from studio.config import DEFAULT_MODEL, Settings  # noqa: E402
+from tests import tiny_pipelines as tiny  # noqa: E402
+
+BUILDERS = {"sd1": tiny.sd1_pipeline, "sd2v": tiny.sd2_v_pipeline, "sdxl": tiny.sdxl_pipeline,
+            "lcm": tiny.lcm_pipeline, "unet2d": tiny.unet2d_pipeline}
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Each family's tiny pipeline saved as a diffusers folder (safetensors), built on first use."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    built: dict[str, Path] = {}
+
+    class Lazy(dict):
+        def __missing__(self, family: str) -> Path:
+            built[family] = tiny.save(BUILDERS[family](), root / family)
+            self[family] = built[family]
+            return built[family]
+
+    return Lazy()
+
+
+@pytest.fixture(scope="session")
+def sd1_dir(tiny_dirs) -> Path:
+    return tiny_dirs["sd1"]
+
+
+@pytest.fixture
+def make_manager(tmp_path):
+    """make_manager(model_dir, **settings) -> a loaded PipelineManager on the CPU."""
+    from studio.manager import PipelineManager
+
+    def make(model, **overrides) -> PipelineManager:
+        settings = Settings(model=str(model), outputs=str(tmp_path / "outputs"), **overrides)
+        manager = PipelineManager(settings)
+        manager.load()
+        return manager
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def bundled_manager():
+    """The bundled tiny-shapes model, loaded once for the whole session."""
+    from studio.manager import PipelineManager
+
+    manager = PipelineManager(Settings(model=DEFAULT_MODEL))
+    manager.load()
+    return manager
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Where tests keep what a person may want to look at (screenshots, images)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

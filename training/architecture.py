@@ -1,0 +1,74 @@
+"""The bundled model's architecture: configs for the VAE, text encoder, UNet and scheduler.
+
+Sized for 64x64 images and a 2-core CPU: a 4x-downsampling AutoencoderKL (16x16x4 latents),
+a 2-layer 64-wide CLIP text encoder, and a 3-level UNet with cross-attention at the two lower
+levels. `--scale` widens everything for a bigger run on a GPU. This module only builds
+untrained modules; training is in train.py.
+"""
+from __future__ import annotations
+
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from training import shapes, vocab
+
+LATENT_CHANNELS = 4
+DOWNSAMPLE = 4  # pixels per latent along each side
+
+
+def build_vae(scale: int = 1) -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=(32 * scale, 64 * scale, 64 * scale),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=16,
+        sample_size=shapes.RESOLUTION,
+        # Convolutions only, so the VAE can train on crops and still fit whole images.
+        mid_block_add_attention=False,
+    )
+
+
+def build_text_encoder(vocab_size: int, scale: int = 1) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64 * scale,
+        intermediate_size=256 * scale,
+        projection_dim=64 * scale,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=vocab.MAX_LENGTH,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(config)
+
+
+def build_unet(scale: int = 1) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=shapes.RESOLUTION // DOWNSAMPLE,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        block_out_channels=(64 * scale, 64 * scale, 128 * scale),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=64 * scale,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+
+
+def build_scheduler() -> EulerDiscreteScheduler:
+    """Stable Diffusion's own noise schedule (scaled-linear betas, 1000 steps, epsilon)."""
+    return EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        timestep_spacing="trailing",
+        steps_offset=1,
+    )

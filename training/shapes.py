@@ -1,0 +1,140 @@
+"""The procedural "tiny shapes" world: vocabulary, drawing, captions and the held-out split.
+
+One coloured shape on a flat background, drawn anti-aliased at 4x and box-filtered down, with a
+seeded caption such as "a small red circle at the top left on a blue background". This module
+is the one home of the world's facts (palette, sizes, positions, hold-out triples); training,
+evaluation, the classifier and the tests all read them from here. It is not a torch Dataset and
+knows nothing of models.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+RESOLUTION = 64
+SUPERSAMPLE = 4
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 60),
+    "blue": (35, 70, 225),
+    "yellow": (245, 225, 40),
+    "purple": (140, 50, 185),
+    "orange": (250, 140, 20),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+}
+SHAPES = ("circle", "square", "triangle")
+# Half-extent of the shape's bounding box, in pixels at RESOLUTION.
+SIZES: dict[str, float] = {"small": 8.0, "large": 14.0}
+# Bounding-box centre as a fraction of the canvas: a 3x3 grid.
+POSITIONS: dict[str, tuple[float, float]] = {
+    "top left": (0.25, 0.25), "top": (0.5, 0.25), "top right": (0.75, 0.25),
+    "left": (0.25, 0.5), "center": (0.5, 0.5), "right": (0.75, 0.5),
+    "bottom left": (0.25, 0.75), "bottom": (0.5, 0.75), "bottom right": (0.75, 0.75),
+}
+SIZE_JITTER = 1.5      # pixels of half-extent
+POSITION_JITTER = 2.5  # pixels of centre
+
+# (colour, shape, background) triples never drawn for training; evaluation uses only these.
+HELD_OUT: tuple[tuple[str, str, str], ...] = (
+    ("red", "circle", "blue"), ("green", "square", "white"), ("blue", "triangle", "yellow"),
+    ("yellow", "circle", "purple"), ("purple", "square", "orange"), ("orange", "triangle", "black"),
+    ("white", "circle", "green"), ("black", "square", "red"), ("red", "triangle", "green"),
+    ("green", "circle", "orange"), ("blue", "square", "black"), ("yellow", "triangle", "white"),
+    ("purple", "circle", "yellow"), ("orange", "square", "blue"), ("white", "triangle", "purple"),
+    ("black", "circle", "white"),
+)
+
+# Words the captions use, besides the attribute values above.
+FILLER_WORDS = ("a", "an", "at", "the", "on", "in", "background", "shape")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """One picture's attributes; `caption_parts` says which of them the caption names."""
+
+    colour: str
+    shape: str
+    background: str
+    size: str
+    position: str
+    half: float
+    cx: float
+    cy: float
+
+
+def vocabulary() -> list[str]:
+    """Every whole word a caption can contain, in a fixed order."""
+    words: list[str] = list(FILLER_WORDS)
+    words += list(COLOURS) + list(SHAPES) + list(SIZES)
+    for position in POSITIONS:
+        words += position.split()
+    return list(dict.fromkeys(words))
+
+
+def training_triples() -> list[tuple[str, str, str]]:
+    held = set(HELD_OUT)
+    return [(c, s, b) for c in COLOURS for s in SHAPES for b in COLOURS
+            if c != b and (c, s, b) not in held]
+
+
+def sample_scene(rng: random.Random, triple: tuple[str, str, str]) -> Scene:
+    colour, shape, background = triple
+    size = rng.choice(list(SIZES))
+    position = rng.choice(list(POSITIONS))
+    fx, fy = POSITIONS[position]
+    half = SIZES[size] + rng.uniform(-SIZE_JITTER, SIZE_JITTER)
+    cx = fx * RESOLUTION + rng.uniform(-POSITION_JITTER, POSITION_JITTER)
+    cy = fy * RESOLUTION + rng.uniform(-POSITION_JITTER, POSITION_JITTER)
+    # Keep the whole shape on the canvas: a clipped shape would change its outline.
+    cx, cy = (min(max(v, half + 1), RESOLUTION - half - 1) for v in (cx, cy))
+    return Scene(colour, shape, background, size, position, half, cx, cy)
+
+
+def render(scene: Scene, resolution: int = RESOLUTION) -> Image.Image:
+    """Draw the scene anti-aliased: at SUPERSAMPLE x the size, then box-filtered down."""
+    k = SUPERSAMPLE * resolution / RESOLUTION
+    big = Image.new("RGB", (resolution * SUPERSAMPLE,) * 2, COLOURS[scene.background])
+    draw = ImageDraw.Draw(big)
+    x0, y0 = (scene.cx - scene.half) * k, (scene.cy - scene.half) * k
+    x1, y1 = (scene.cx + scene.half) * k, (scene.cy + scene.half) * k
+    fill = COLOURS[scene.colour]
+    if scene.shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif scene.shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    else:  # an upright triangle filling half its bounding box
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+    return big.resize((resolution, resolution), Image.Resampling.BOX)
+
+
+def caption(scene: Scene, rng: random.Random | None = None, keep: float = 1.0) -> str:
+    """The scene's caption; with `rng`, each optional attribute is kept with probability `keep`."""
+    def kept() -> bool:
+        return rng is None or rng.random() < keep
+
+    words = ["a"]
+    if kept():
+        words.append(scene.size)
+    if kept():
+        words.append(scene.colour)
+    words.append(scene.shape)
+    if kept():
+        words += ["in", "the", "center"] if scene.position == "center" else ["at", "the", scene.position]
+    if kept():
+        words += ["on", "a", scene.background, "background"]
+    return " ".join(words)
+
+
+def scenes(seed: int, count: int, triples: list[tuple[str, str, str]]) -> list[Scene]:
+    rng = random.Random(seed)
+    return [sample_scene(rng, rng.choice(triples)) for _ in range(count)]
+
+
+def render_batch(batch: list[Scene]) -> np.ndarray:
+    """(n, RESOLUTION, RESOLUTION, 3) uint8."""
+    return np.stack([np.asarray(render(s)) for s in batch])

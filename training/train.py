@@ -1,0 +1,195 @@
+"""Train the bundled "tiny shapes" text-to-image model from scratch, reproducibly from a seed.
+
+    python -m training.train --out models/tiny-shapes            # about 55 minutes on 2 CPU cores
+    python -m training.train --out /tmp/big --scale 2 --device cuda --unet-steps 20000  # a GPU run
+
+Three phases, each checkpointed (safetensors) in --work so an interrupted run resumes where it
+stopped: (1) the VAE on random 32x32 crops, (2) the dataset encoded once to latents, (3) the UNet
+and the CLIP text encoder together on those latents, with 10% caption dropout (so classifier-free
+guidance works), min-SNR loss weighting and EMA weights. The EMA weights are saved as a standard
+StableDiffusionPipeline folder. Evaluation is evaluate.py; this file only trains.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+from tqdm import tqdm
+
+from training import architecture, checkpoint, shapes, vocab
+
+CAPTION_KEEP = 0.85      # probability that each optional attribute is named in a caption
+CAPTION_DROPOUT = 0.10   # probability that a caption is replaced by the empty prompt
+MIN_SNR_GAMMA = 5.0      # Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting"
+EMA_DECAY = 0.999
+CHECKPOINT_EVERY = 250
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("models/tiny-shapes"))
+    p.add_argument("--work", type=Path, default=Path("training/runs/latest"),
+                   help="checkpoints and logs; an existing run here is resumed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=60_000, help="training images drawn")
+    p.add_argument("--vae-steps", type=int, default=900)
+    p.add_argument("--vae-batch", type=int, default=64)
+    p.add_argument("--vae-lr", type=float, default=1.5e-3)
+    p.add_argument("--unet-steps", type=int, default=2600)
+    p.add_argument("--unet-batch", type=int, default=64)
+    p.add_argument("--unet-lr", type=float, default=8e-4)
+    p.add_argument("--scale", type=int, default=1, help="width multiplier for bigger models")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return p.parse_args(argv)
+
+
+def make_dataset(seed: int, count: int, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count, 3, 64, 64) images in [-1, 1] and (count, 77) caption token ids."""
+    rng = random.Random(seed)
+    batch = shapes.scenes(seed, count, shapes.training_triples())
+    images = torch.from_numpy(shapes.render_batch(batch)).permute(0, 3, 1, 2)
+    captions = [shapes.caption(s, rng, CAPTION_KEEP) for s in batch]
+    ids = tokenizer(captions, padding="max_length", max_length=vocab.MAX_LENGTH,
+                    truncation=True, return_tensors="pt").input_ids
+    return images.float() / 127.5 - 1.0, ids
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int) -> None:
+    decay = min(EMA_DECAY, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, m in zip(ema.parameters(), model.parameters()):
+            e.lerp_(m, 1 - decay)
+
+
+def run_phase(name: str, model: torch.nn.Module, steps: int, lr: float, work: Path,
+              loss_fn, generator: torch.Generator) -> torch.nn.Module:
+    """A checkpointed AdamW loop; returns the EMA copy of `model`."""
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    path = work / f"{name}.safetensors"
+    start = checkpoint.load(path, model, ema, optimizer, generator) if path.exists() else 0
+    log = (work / f"{name}.log").open("a", buffering=1)
+    bar = tqdm(range(start, steps), desc=name, initial=start, total=steps)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr)
+        loss = loss_fn(generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        update_ema(ema, model, step)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        log.write(json.dumps({"step": step, "loss": loss.item(), "time": time.time()}) + "\n")
+        if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps:
+            checkpoint.save(path, step + 1, model, ema, optimizer, generator)
+    return ema
+
+
+def train_vae(args, images: torch.Tensor, generator: torch.Generator):
+    vae = architecture.build_vae(args.scale).to(args.device)
+
+    def loss_fn(g: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, len(images), (args.vae_batch,), generator=g)
+        y, x = torch.randint(0, shapes.RESOLUTION // 2 + 1, (2,), generator=g).tolist()
+        crop = images[index, :, y:y + 32, x:x + 32].to(args.device)  # (b, 3, 32, 32)
+        posterior = vae.encode(crop).latent_dist
+        recon = vae.decode(posterior.mean + posterior.std * torch.randn(
+            posterior.mean.shape, generator=g).to(args.device)).sample
+        return F.mse_loss(recon, crop) + 0.1 * F.l1_loss(recon, crop) + 1e-7 * posterior.kl().mean()
+
+    return run_phase("vae", vae, args.vae_steps, args.vae_lr, args.work, loss_fn, generator)
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, device: str) -> torch.Tensor:
+    """Posterior means of all images, (n, 4, 16, 16), unscaled."""
+    return torch.cat([vae.encode(images[i:i + 256].to(device)).latent_dist.mean.cpu()
+                      for i in range(0, len(images), 256)])
+
+
+class Denoiser(torch.nn.Module):
+    """The UNet and text encoder as one module, so one optimizer and one EMA cover both."""
+
+    def __init__(self, unet, text_encoder):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+
+    def forward(self, noisy, timesteps, ids):
+        return self.unet(noisy, timesteps, self.text_encoder(ids).last_hidden_state).sample
+
+
+def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
+                   vocab_size: int, generator: torch.Generator) -> Denoiser:
+    model = Denoiser(architecture.build_unet(args.scale),
+                     architecture.build_text_encoder(vocab_size, args.scale)).to(args.device)
+    alphas_cumprod = architecture.build_scheduler().alphas_cumprod  # (1000,)
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    weights = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr  # min-SNR for epsilon prediction
+
+    def loss_fn(g: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, len(latents), (args.unet_batch,), generator=g)
+        x0, cond = latents[index], ids[index].clone()
+        cond[torch.rand(len(cond), generator=g) < CAPTION_DROPOUT] = empty_ids
+        t = torch.randint(0, len(alphas_cumprod), (len(x0),), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = model(noisy.to(args.device), t.to(args.device), cond.to(args.device))
+        per_sample = ((pred - noise.to(args.device)) ** 2).mean(dim=(1, 2, 3))
+        return (per_sample * weights[t].to(args.device)).mean()
+
+    return run_phase("denoiser", model, args.unet_steps, args.unet_lr, args.work, loss_fn, generator)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.work.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    tokenizer = vocab.build_tokenizer(shapes.vocabulary())
+
+    started = time.time()
+    images, ids = make_dataset(args.seed, args.images, tokenizer)
+    vae = train_vae(args, images, generator).eval()
+    latents = encode_latents(vae, images, args.device)  # (n, 4, 16, 16)
+    scaling_factor = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling_factor)
+    empty_ids = tokenizer("", padding="max_length", max_length=vocab.MAX_LENGTH,
+                          return_tensors="pt").input_ids[0]
+    denoiser = train_denoiser(args, latents * scaling_factor, ids, empty_ids, len(tokenizer),
+                              generator)
+
+    pipe = StableDiffusionPipeline(
+        vae=vae.cpu(), text_encoder=denoiser.text_encoder.cpu(), tokenizer=tokenizer,
+        unet=denoiser.unet.cpu(), scheduler=architecture.build_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(args.out, safe_serialization=True)
+    summary = {"seed": args.seed, "minutes": round((time.time() - started) / 60, 1),
+               "torch_threads": torch.get_num_threads(), **{k: v for k, v in vars(args).items()
+                                                           if isinstance(v, (int, float))}}
+    (args.out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"saved {args.out} after {summary['minutes']} min")
+
+
+if __name__ == "__main__":
+    main()
