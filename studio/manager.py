@@ -224,9 +224,11 @@ class PipelineManager:
 
         def report(step, recorder) -> None:
             number = step.index + 1
-            due = request.preview != "none" and (number % request.preview_every == 0 or number == total)
+            # PLMS repeats a timestep, so img2img with it runs one step more than int(N x strength)
+            total_now = max(total, number)
+            due = request.preview != "none" and (number % request.preview_every == 0 or number == total_now)
             picture = self.previews.decode(model, step.x0, request.preview) if due else None
-            on_step(number, total, picture)
+            on_step(number, total_now, picture)
 
         return report
 

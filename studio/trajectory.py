@@ -11,6 +11,7 @@ on demand by studio.previews. Heun-type schedulers call the UNet twice a step bu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -85,6 +86,9 @@ class TrajectoryRecorder:
         self._scheduler = scheduler
         original = scheduler.step
 
+        # wraps() keeps step's signature visible: pipelines pass `generator` and `eta` only to a
+        # step that declares them, and ancestral samplers lose determinism without the generator.
+        @functools.wraps(original)
         def step(model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
             out = original(model_output, timestep, sample, *args, return_dict=True, **kwargs)
             self._observe(model_output, timestep, sample, out)
@@ -94,16 +98,14 @@ class TrajectoryRecorder:
 
     def _observe(self, model_output, timestep, sample, out) -> None:
         scheduler = self._scheduler
-        first_call = self._pending is None
-        if first_call:
+        if self._pending is None:  # the first (often only) UNet call of a step
             alpha_bar = alpha_bar_at(scheduler.alphas_cumprod, float(timestep))
             scale = math.sqrt(alpha_bar) if uses_sigma_scale(scheduler) else 1.0  # -> alpha scale
             self._pending = {"timestep": float(timestep), "alpha_bar": alpha_bar,
                              "latents": (sample * scale)}
+        self._pending["x0"] = self._x0(model_output, out, self._pending)
         if getattr(scheduler, "state_in_first_order", True):  # a whole step is done
-            pending, self._pending = self._pending, None
-            pending["x0"] = self._x0(model_output, out, pending)
-            self._ready = pending
+            self._ready, self._pending = self._pending, None
 
     def _x0(self, model_output, out, pending) -> torch.Tensor:
         for name in ("pred_original_sample", "denoised"):
@@ -118,6 +120,8 @@ class TrajectoryRecorder:
 
     def callback(self, pipe, i: int, t, callback_kwargs: dict) -> dict:
         ready, self._ready = self._ready, None
+        if ready is None and self._pending is not None and i == pipe.num_timesteps - 1:
+            ready, self._pending = self._pending, None  # Heun-type: the last step is first-order only
         steps = self.trajectory.steps
         if ready is not None and steps and steps[-1].timestep == ready["timestep"]:
             # PLMS runs its first timestep twice (a warm-up, then the real step): one entry

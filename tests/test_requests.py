@@ -1,0 +1,71 @@
+"""check_inputs rejects every bad value with a message naming the argument and the value."""
+import math
+
+import pytest
+
+from studio.errors import StudioError
+from studio.requests import GenerationRequest, check_inputs
+
+BAD = [
+    ("num_inference_steps", 0), ("num_inference_steps", -1), ("num_inference_steps", 3.7),
+    ("num_inference_steps", 10000), ("num_inference_steps", "20"),
+    ("width", 0), ("width", 500), ("width", 513), ("width", 100000), ("height", 500),
+    ("guidance_scale", math.nan), ("guidance_scale", -1.0), ("guidance_scale", math.inf),
+    ("num_images_per_prompt", 0), ("num_images_per_prompt", 10000),
+    ("seed", -2), ("seed", 2**40), ("seed", 1.5),
+    ("scheduler", "Eulerish"), ("clip_skip", 0), ("preview", "pretty"), ("preview_every", 0),
+    ("prompt", "x" * 1_000_000), ("prompt", "a red\x00circle"), ("negative_prompt", None),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD, ids=[f"{n}={str(v)[:12]}" for n, v in BAD])
+def test_bad_value_is_rejected_naming_argument_and_value(name, value):
+    with pytest.raises(StudioError) as caught:
+        check_inputs(GenerationRequest(**{name: value}))
+    message = str(caught.value)
+    assert message.startswith(f"{name}=")
+    assert repr(value)[:20] in message or repr(value)[:20].rstrip("'") in message
+
+
+@pytest.mark.parametrize("strength", [-0.1, 0.0, 1.5, math.nan])
+def test_bad_strength_is_rejected(strength):
+    with pytest.raises(StudioError, match=r"^strength="):
+        check_inputs(GenerationRequest(image=object(), strength=strength))
+
+
+def test_strength_that_runs_no_step_is_rejected_with_the_arithmetic():
+    with pytest.raises(StudioError, match=r"int\(20 x 0\.04\) = 0 steps"):
+        check_inputs(GenerationRequest(image=object(), num_inference_steps=20, strength=0.04))
+
+
+@pytest.mark.parametrize(("steps", "strength", "expected"),
+                         [(20, 1.0, 20), (20, 0.75, 15), (20, 0.5, 10), (20, 0.05, 1), (50, 0.3, 15),
+                          (7, 0.99, 6)])
+def test_img2img_runs_int_steps_times_strength(steps, strength, expected):
+    assert GenerationRequest(image=object(), num_inference_steps=steps, strength=strength).steps_to_run() == expected
+
+
+def test_txt2img_runs_all_steps_whatever_the_strength():
+    assert GenerationRequest(num_inference_steps=20, strength=0.1).steps_to_run() == 20
+
+
+def test_whole_floats_become_ints():
+    checked = check_inputs(GenerationRequest(num_inference_steps=20.0, width=64.0, seed=3.0))
+    assert (checked.num_inference_steps, checked.width, checked.seed) == (20, 64, 3)
+    assert isinstance(checked.num_inference_steps, int)
+
+
+def test_good_request_passes_unchanged_in_meaning():
+    request = GenerationRequest(prompt="a red circle", negative_prompt="blue", num_inference_steps=30,
+                                guidance_scale=5.0, width=512, height=768, seed=42)
+    assert check_inputs(request) == request
+
+
+def test_newlines_and_unicode_are_fine_in_prompts():
+    check_inputs(GenerationRequest(prompt="ein rotes Quadrat ✨\nnaïve 四角", negative_prompt="\tblue"))
+
+
+def test_parameters_leave_out_the_image_and_txt2img_strength():
+    values = GenerationRequest(prompt="p").parameters()
+    assert "image" not in values and "strength" not in values
+    assert values["prompt"] == "p" and values["num_inference_steps"] == 20
