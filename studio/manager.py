@@ -62,6 +62,9 @@ class PipelineManager:
         self.settings = settings or Settings()
         self.device = devices.choose_device(self.settings.device)
         self.dtype = devices.choose_dtype(self.settings.dtype, self.device)
+        if self.settings.cpu_offload and self.device == "cpu":
+            raise StudioError("cpu_offload needs an accelerator (cuda, xpu or mps); on the CPU "
+                              "the model is already in main memory, so leave --cpu-offload off.")
         self._lock = threading.RLock()
         self._running_cancel: threading.Event | None = None  # the running job's Stop flag
         self._model: LoadedModel | None = None
@@ -74,7 +77,7 @@ class PipelineManager:
         source = models.resolve(name, trust_pickle=self.settings.trust_pickle)
         with self._lock:
             pipe = models.load_pipeline(source, self.dtype, self.settings.model_config)
-            self._unload()
+            self._unload()  # free the old weights before the new ones go to the device
             self._model = self._place(source, pipe)
             self.previews.reset()
             return self.info
@@ -100,9 +103,6 @@ class PipelineManager:
         if vae is not None and s.vae_tiling:
             vae.enable_tiling()
         if s.cpu_offload:
-            if self.device == "cpu":
-                raise StudioError("cpu_offload needs an accelerator (cuda, xpu or mps); on the CPU "
-                                  "the model is already in main memory, so leave --cpu-offload off.")
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)

@@ -73,3 +73,30 @@ def artifacts() -> Path:
     """Where tests keep what a person may want to look at (screenshots, images)."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def app_server(bundled_manager, tmp_path_factory):
+    """The studio's Gradio app on 127.0.0.1 (a free port), serving the bundled model.
+
+    Yields (url, settings); the server stops at the end of the session.
+    """
+    from studio.ui import build_demo
+
+    settings = Settings(model=DEFAULT_MODEL, port=free_port(),
+                        outputs=str(tmp_path_factory.mktemp("app-outputs")))
+    demo = build_demo(bundled_manager, settings)
+    demo.launch(server_name="127.0.0.1", server_port=settings.port, prevent_thread_lock=True,
+                quiet=True)
+    try:
+        yield f"http://127.0.0.1:{settings.port}/", settings
+    finally:
+        demo.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,95 @@
+"""The Gradio app through its public API (gradio_client on 127.0.0.1), and how app.py launches."""
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from studio import metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+TXT2IMG = dict(prompt="a small red circle", negative_prompt="", num_inference_steps=20, guidance_scale=7.5,
+               width=64, height=64, scheduler="Default", num_images_per_prompt=1, seed=5, preview="none")
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    return Client(app_server[0], verbose=False)
+
+
+def test_the_api_names_its_endpoints(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/txt2img", "/img2img", "/load_model"} <= set(endpoints)
+
+
+def test_txt2img_round_trip_returns_a_png_with_its_parameters(client):
+    _, gallery, info = client.predict(*TXT2IMG.values(), api_name="/txt2img")
+    assert len(gallery) == 1 and "**Seed:** 5" in info
+    image = Image.open(gallery[0]["image"])
+    assert image.size == (64, 64)
+    parameters = metadata.parse_parameters(image.info["parameters"])
+    assert parameters["Prompt"] == "a small red circle" and parameters["Seed"] == "5"
+
+
+def test_img2img_round_trip(client, tmp_path):
+    start = tmp_path / "start.png"
+    Image.new("RGB", (64, 64), "red").save(start)
+    values = {**TXT2IMG, "prompt": "a large blue square"}
+    _, gallery, info = client.predict(*values.values(), handle_file(str(start)), 0.5, api_name="/img2img")
+    assert Image.open(gallery[0]["image"]).size == (64, 64)
+    assert "10 steps" in info
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("num_inference_steps", 3.7, "num_inference_steps=3.7 is not allowed"),
+    ("width", 500, "width=500 is not allowed"),
+    ("scheduler", "Euler b", "Euler b"),
+])
+def test_bad_api_input_is_a_clear_error_and_the_next_request_works(client, name, value, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(*{**TXT2IMG, name: value}.values(), api_name="/txt2img")
+    _, gallery, _ = client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), api_name="/txt2img")
+    assert len(gallery) == 1
+
+
+def test_loading_a_missing_model_keeps_the_current_one(client):
+    with pytest.raises(Exception, match="was not found"):
+        client.predict("/nonexistent/model", api_name="/load_model")
+    _, gallery, _ = client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), api_name="/txt2img")
+    assert len(gallery) == 1
+
+
+def wait_for_line(process, needle: str, seconds: float) -> list[str]:
+    """Lines of the process's stderr until one contains `needle` (or the time is up)."""
+    lines, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line and process.poll() is not None:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not seen in:\n{''.join(lines)}")
+
+
+def test_share_without_a_network_says_why_and_keeps_serving_locally(sd1_dir):
+    from tests.conftest import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--model", str(sd1_dir), "--port", str(port), "--share", "--no-save"],
+        cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        lines = wait_for_line(process, "No public link", 180)
+        assert any("--share without --auth" in line for line in lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            assert page.status == 200
+    finally:
+        process.terminate()
+        process.wait(30)

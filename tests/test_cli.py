@@ -1,0 +1,59 @@
+"""`python -m studio generate`: writes PNGs with their parameters, prints seeds, explains bad input."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from studio import metadata
+from studio.__main__ import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_documented_command_writes_a_png_and_prints_its_seed(sd1_dir, tmp_path):
+    out = tmp_path / "cat.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "studio", "generate", "--prompt", "a red cat", "--out", str(out),
+         "--model", str(sd1_dir), "--steps", "3", "--seed", "42"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert f"{out}  seed=42" in done.stdout
+    assert "denoising" in done.stderr  # the tqdm progress bar
+    parameters = metadata.parse_parameters(Image.open(out).info["parameters"])
+    assert parameters["Prompt"] == "a red cat" and parameters["Seed"] == "42" and parameters["Steps"] == "3"
+
+
+def test_a_batch_writes_one_file_per_image_with_consecutive_seeds(sd1_dir, tmp_path, capsys):
+    code = main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "dog.png"), "--model", str(sd1_dir),
+                 "--steps", "2", "--seed", "7", "--batch", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "dog-0.png  seed=7" in printed and "dog-1.png  seed=8" in printed
+    assert Image.open(tmp_path / "dog-1.png").size == (64, 64)
+
+
+def test_img2img_from_the_command_line(sd1_dir, tmp_path, capsys):
+    start = tmp_path / "start.png"
+    Image.new("RGB", (100, 80), "red").save(start)
+    code = main(["generate", "--prompt", "a blue square", "--out", str(tmp_path / "out.png"), "--model",
+                 str(sd1_dir), "--steps", "4", "--strength", "0.5", "--init-image", str(start), "--seed", "1"])
+    assert code == 0
+    parameters = metadata.parse_parameters(Image.open(tmp_path / "out.png").info["parameters"])
+    assert parameters["Denoising strength"] == "0.5"
+
+
+def test_bad_input_is_one_clear_line_and_exit_status_2(sd1_dir, tmp_path, capsys):
+    code = main(["generate", "--prompt", "x", "--out", str(tmp_path / "x.png"), "--model", str(sd1_dir),
+                 "--steps", "0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error: num_inference_steps=0 is not allowed" in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_missing_model_is_one_clear_line(tmp_path, capsys):
+    code = main(["generate", "--prompt", "x", "--out", str(tmp_path / "x.png"), "--model", "../../etc/passwd"])
+    assert code == 2
+    assert "model='../../etc/passwd'" in capsys.readouterr().err
