@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action=argparse.BooleanOptionalAction, default=d["share"], help="also open a public gradio.live link (needs the internet)")
     p.add_argument("--auth", default=d["auth"], help="user:password required for the UI and the API")
     p.add_argument("--outputs", default=d["outputs"], help="folder for saved images")
-    p.add_argument("--no-save", action=argparse.BooleanOptionalAction, default=d["no_save"], help="do not write images to --outputs")
+    p.add_argument("--no-save", dest="no_save", action="store_true", default=d["no_save"], help="do not write images to --outputs (the Space default)")
+    p.add_argument("--save", dest="no_save", action="store_false", help="write images to --outputs, also on a Space")
     p.add_argument("--allowed-models", type=comma_list, default=d["allowed_models"], help="comma-separated models the UI may switch to")
     p.add_argument("--max-queue", type=int, default=d["max_queue"], help="requests waiting at most; more get 'queue full'")
     return p

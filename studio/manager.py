@@ -18,13 +18,15 @@ import time
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 
 from studio import devices, images, models, prompts, schedulers
 from studio.config import Settings
 from studio.errors import GenerationCancelled, StudioError
 from studio.previews import PreviewDecoder
 from studio.requests import MAX_SEED, GenerationRequest, GenerationResult, check_inputs
-from studio.trajectory import TrajectoryRecorder
+from studio.trajectory import TrajectoryRecorder, alpha_bar_at, schedule_sigmas, sigma_from_alpha_bar
+from studio.unconditional import UnconditionalRunner
 
 
 @dataclasses.dataclass
@@ -36,6 +38,18 @@ class LoadedModel:
     hash: str
     native_size: int
     _img2img: object | None = None
+    _runner: object | None = None
+
+    @property
+    def unconditional(self) -> bool:
+        return self.family == "unconditional"
+
+    @property
+    def runner(self):
+        """What generation calls: the pipeline, or for unconditional models a loop with callbacks."""
+        if self.unconditional and self._runner is None:
+            self._runner = UnconditionalRunner(self.txt2img)
+        return self._runner if self.unconditional else self.txt2img
 
     @property
     def img2img(self):
@@ -55,6 +69,14 @@ class ModelInfo:
     dtype: str
     native_size: int
     memory: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardResult:
+    picture: object       # PIL image of the noised picture
+    timestep: float
+    sigma: float
+    steps_to_run: int     # steps a run from here takes
 
 
 class PipelineManager:
@@ -170,7 +192,10 @@ class PipelineManager:
         base_seed = request.seed if request.seed >= 0 else random.randrange(MAX_SEED + 1)
         seeds = [(base_seed + i) % (MAX_SEED + 1) for i in range(request.num_images_per_prompt)]
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        pipe = model.img2img if request.is_img2img else model.txt2img
+        if model.unconditional and request.is_img2img:
+            raise StudioError(f"model={model.source.name!r} is unconditional (no prompt, no image "
+                              "input): image to image needs a text-to-image model.")
+        pipe = model.img2img if request.is_img2img else model.runner
         pipe.scheduler = schedulers.make_scheduler(request.scheduler, model.scheduler_config)
         request = dataclasses.replace(request, width=width, height=height, seed=base_seed)
 
@@ -178,10 +203,13 @@ class PipelineManager:
         for text, name in ((request.prompt, "prompt"), (request.negative_prompt, "negative_prompt")):
             warning = prompts.token_limit_warning(getattr(pipe, "tokenizer", None), text, name)
             warnings += [warning] if warning else []
-        kwargs = prompts.clip_skip_kwargs(pipe, request.prompt, request.negative_prompt, request.clip_skip)
+        kwargs = {} if model.unconditional else \
+            prompts.clip_skip_kwargs(pipe, request.prompt, request.negative_prompt, request.clip_skip)
 
         # 3. img2img input, upright RGB at the requested size
-        if request.is_img2img:
+        if model.unconditional:
+            pass
+        elif request.is_img2img:
             kwargs |= {"image": images.prepare(request.image, width, height), "strength": request.strength}
         else:
             kwargs |= {"width": width, "height": height}
@@ -192,6 +220,8 @@ class PipelineManager:
                                       start_step=request.num_inference_steps - total,
                                       on_step=self._step_reporter(model, request, total, on_step),
                                       should_stop=cancel.is_set)
+        recorder.trajectory.schedule = schedule_sigmas(
+            schedulers.make_scheduler(request.scheduler, model.scheduler_config), request.num_inference_steps)
         recorder.attach(pipe.scheduler)
 
         # 5. Denoise and decode
@@ -211,12 +241,41 @@ class PipelineManager:
                               "try --dtype float32 (or bfloat16), or a VAE that works in float16.")
         finished = time.perf_counter()
         return GenerationResult(
-            images=pipe.image_processor.numpy_to_pil(pixels), seeds=seeds, request=request,
+            images=DiffusionPipeline.numpy_to_pil(pixels), seeds=seeds, request=request,
             model=model.source.name, model_hash=model.hash, device=self.device,
             dtype=devices.dtype_name(self.dtype), warnings=warnings, trajectory=recorder.trajectory,
             scheduler_name=schedulers.name_of(pipe.scheduler),
             timings={"total": finished - started, "denoise_and_decode": finished - denoise_started,
                      "steps": total, "seconds_per_step": (finished - denoise_started) / max(total, 1)})
+
+    @torch.no_grad()
+    def forward_process(self, image, *, timestep: float | None = None, strength: float | None = None,
+                        num_inference_steps: int = 20, scheduler: str = schedulers.DEFAULT,
+                        seed: int = 0) -> ForwardResult:
+        """`image` noised the way a run does it: to `timestep`, or to where img2img at `strength`
+        starts. x_t = sqrt(a) x0 + sqrt(1 - a) eps in latent space (Ho et al. 2020, eq. 4), decoded."""
+        with self._lock:
+            model = self._require_model()
+            size = model.native_size
+            fresh = schedulers.make_scheduler(scheduler, model.scheduler_config)
+            steps = num_inference_steps
+            if strength is not None:
+                request = check_inputs(GenerationRequest(num_inference_steps=steps, strength=strength,
+                                                         image=image))
+                fresh.set_timesteps(request.num_inference_steps)
+                steps = request.steps_to_run()
+                start = (request.num_inference_steps - steps) * getattr(fresh, "order", 1)
+                timestep = float(fresh.timesteps[start])
+            elif timestep is None or not 0 <= float(timestep) < len(fresh.alphas_cumprod):
+                raise StudioError(f"timestep={timestep!r} is not allowed: expected 0 to "
+                                  f"{len(fresh.alphas_cumprod) - 1}.")
+            picture = images.prepare(image, size, size)
+            clean = self.previews.encode(model, picture)  # (1, c, h, w), alpha scale
+            noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
+            alpha_bar = alpha_bar_at(fresh.alphas_cumprod, float(timestep))
+            noisy = alpha_bar ** 0.5 * clean + (1 - alpha_bar) ** 0.5 * noise
+            return ForwardResult(picture=self.previews.decode(model, noisy, "full")[0], timestep=float(timestep),
+                                 sigma=sigma_from_alpha_bar(alpha_bar), steps_to_run=steps)
 
     def _step_reporter(self, model: LoadedModel, request: GenerationRequest, total: int, on_step):
         if on_step is None:

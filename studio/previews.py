@@ -35,6 +35,8 @@ class PreviewDecoder:
 
     def decode(self, model, latents: torch.Tensor, kind: str) -> list[Image.Image]:
         """`latents`: (batch, c, h, w) alpha-scale latents, as the pipeline's UNet sees them."""
+        if model.unconditional:  # its "latents" are pixels in [-1, 1]: every decoder is exact
+            return [to_pil(image.float().cpu() * 0.5 + 0.5, 1) for image in latents]
         if kind == "fast":
             return self.fast(model, latents)
         if kind == "full":
@@ -53,6 +55,19 @@ class PreviewDecoder:
             z = z + vae.config.shift_factor
         pixels = vae.decode(z).sample
         return pipe.image_processor.postprocess(pixels.float(), output_type="pil")
+
+    @torch.no_grad()
+    def encode(self, model, picture: Image.Image) -> torch.Tensor:
+        """A picture as the UNet's clean latents x0, (1, c, h, w) on the CPU."""
+        pixels = torch.from_numpy(np.asarray(picture.convert("RGB"), np.float32) / 127.5 - 1)
+        pixels = pixels.permute(2, 0, 1)[None]  # (1, 3, h, w) in [-1, 1]
+        if model.unconditional:
+            return pixels
+        vae = model.txt2img.vae
+        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean
+        if getattr(vae.config, "shift_factor", None):
+            latents = latents - vae.config.shift_factor
+        return (latents * vae.config.scaling_factor).float().cpu()
 
     # ----- fast linear map ----------------------------------------------------------------
     def fast(self, model, latents: torch.Tensor) -> list[Image.Image]:

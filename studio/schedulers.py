@@ -43,7 +43,11 @@ def make_scheduler(name: str, model_config: dict):
     else:
         raise StudioError(f"scheduler={name!r} is not known; choose one of: {', '.join(NAMES)}.")
     cls = getattr(diffusers, cls_name)
-    return cls.from_config({**model_config, **extra})
+    # DDIM/DDPM/LCM default to clipping x0 to [-1, 1], right for pixels, wrong for latents. A
+    # config that never mentions it comes from a scheduler without the option (Euler, PNDM...),
+    # i.e. a latent model, so we do not clip; a config that sets it keeps its choice.
+    config = {"clip_sample": False, **model_config, **extra}
+    return cls.from_config(config)
 
 
 def name_of(scheduler) -> str:

@@ -34,6 +34,7 @@ class Trajectory:
     num_inference_steps: int = 0   # as requested
     start_step: int = 0            # img2img: steps skipped by strength
     final: torch.Tensor | None = None  # latents after the last step
+    schedule: list[float] = dataclasses.field(default_factory=list)  # sigma at each of the N steps
 
     def nbytes(self) -> int:
         tensors = [t for s in self.steps for t in (s.latents, s.x0)]
@@ -64,6 +65,16 @@ def x0_closed_form(x_t: torch.Tensor, model_output: torch.Tensor, alpha_bar: flo
     if prediction_type == "sample":
         return model_output
     return (x_t - s * model_output) / a
+
+
+def schedule_sigmas(scheduler, num_inference_steps: int) -> list[float]:
+    """Sigma at each of the N steps a fresh `scheduler` would take (one value per step, also for
+    second-order schedulers, whose timestep lists hold two entries per step)."""
+    scheduler.set_timesteps(num_inference_steps)
+    timesteps = [float(t) for t in scheduler.timesteps[::getattr(scheduler, "order", 1)]]
+    distinct = [t for i, t in enumerate(timesteps) if i == 0 or t != timesteps[i - 1]]  # PLMS repeats one
+    return [sigma_from_alpha_bar(alpha_bar_at(scheduler.alphas_cumprod, t))
+            for t in distinct[:num_inference_steps]]
 
 
 def uses_sigma_scale(scheduler) -> bool:

@@ -9,7 +9,7 @@ import gradio as gr
 
 from studio.config import Settings
 from studio.outputs import OutputWriter
-from studio.ui import generate_tab, settings_panel
+from studio.ui import generate_tab, settings_panel, viewer_tab
 
 TITLE = "Diffusion Studio"
 DEFAULT_PROMPT = "a small red circle at the top left on a blue background"
@@ -20,10 +20,15 @@ def build_demo(manager, settings: Settings) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nWatch noise turn into a picture. Hover a control to see what it does.")
         settings_panel.build(manager, settings)
+        runs = gr.State([])          # this session's results, newest last (the viewer's history)
+        last_image = gr.State(None)  # path of the newest picture, for "use the last result"
         with gr.Tabs():
             with gr.Tab("Text to image", id="txt2img", elem_id="tab-txt2img"):
-                generate_tab.build("txt2img", manager, writer, DEFAULT_PROMPT)
+                generate_tab.build("txt2img", manager, writer, DEFAULT_PROMPT, runs, last_image)
             with gr.Tab("Image to image", id="img2img", elem_id="tab-img2img"):
-                generate_tab.build("img2img", manager, writer, "a large blue square in the center")
+                generate_tab.build("img2img", manager, writer, "a large blue square in the center", runs,
+                                   last_image)
+            with gr.Tab("Denoising viewer", id="viewer", elem_id="tab-viewer"):
+                viewer_tab.build(manager, runs, last_image)
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=1)
     return demo

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from studio.errors import StudioError
 from studio.requests import GenerationRequest
 from studio.ui import common
 from studio.outputs import OutputWriter
@@ -22,7 +23,11 @@ def strength_note(steps, strength) -> str:
             f"{int(steps) - run} and denoised from there. Low strength keeps more of it.")
 
 
-def build(mode: str, manager, writer: OutputWriter, default_prompt: str) -> dict:
+HISTORY_LIMIT = 12  # runs a session keeps for the viewer; older ones are dropped
+
+
+def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: gr.State,
+          last_image: gr.State) -> dict:
     """Lay out one generation tab; returns its components by name for other tabs to use."""
     tab = "txt2img" if mode == "txt2img" else "img2img"
     with gr.Row(equal_height=False):
@@ -34,6 +39,9 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str) -> dict
                 strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Strength (denoising strength)",
                                      elem_id="img2img-strength")
                 steps_note = gr.Markdown(strength_note(20, 0.75), elem_id="img2img-steps-note")
+                start_picture = gr.Image(label="Where the run starts: the picture noised by this strength",
+                                         interactive=False, format="png", height=160,
+                                         elem_id="img2img-start-preview")
             panel = common.parameter_panel(tab, manager.info.native_size, default_prompt)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}-generate")
@@ -46,21 +54,23 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str) -> dict
             info = gr.Markdown(elem_id=f"{tab}-info")
     last_seed = gr.State(-1)
 
-    def run(*values, progress=gr.Progress()):
+    def run(history, *values, progress=gr.Progress()):
         request = request_from(mode, values)
         final = None
         # Yield at every step, preview or not: Gradio's Stop takes effect at a yield.
         for picture, result in common.run_stream(manager.stream(request), progress):
             if result is None:
-                yield picture if picture is not None else gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                yield picture if picture is not None else gr.skip(), gr.skip(), gr.skip(), gr.skip(), \
+                    gr.skip(), gr.skip()
             else:
                 final = result
         if final is not None:
             paths = writer.write(final)
-            yield gr.skip(), paths, common.describe_result(final), final.seeds[0]
+            history = (history + [final])[-HISTORY_LIMIT:]
+            yield gr.skip(), paths, common.describe_result(final), final.seeds[0], history, paths[0]
 
-    inputs = panel.inputs() + ([image, strength] if mode == "img2img" else [])
-    event = generate.click(run, inputs=inputs, outputs=[preview, gallery, info, last_seed],
+    inputs = [runs] + panel.inputs() + ([image, strength] if mode == "img2img" else [])
+    event = generate.click(run, inputs=inputs, outputs=[preview, gallery, info, last_seed, runs, last_image],
                            api_name=tab, concurrency_id=common.GPU, concurrency_limit=1)
     # Stop cancels this session's own event; Gradio closes its generator, which stops the run.
     stop.click(None, cancels=[event], api_visibility="private", queue=False)
@@ -69,6 +79,18 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str) -> dict
         for control in (strength, panel.num_inference_steps):
             control.change(strength_note, inputs=[panel.num_inference_steps, strength], outputs=steps_note,
                            api_visibility="private", queue=False)
+
+        def starting_point(picture, steps, strength_):
+            if picture is None or strength_note(steps, strength_).startswith("⚠️"):
+                return None
+            try:
+                return manager.forward_process(picture, strength=strength_, num_inference_steps=steps).picture
+            except StudioError as exc:
+                raise gr.Error(str(exc)) from exc
+
+        for trigger in (image.change, strength.release, panel.num_inference_steps.release):
+            trigger(starting_point, inputs=[image, panel.num_inference_steps, strength], outputs=start_picture,
+                    api_visibility="private", concurrency_id=common.GPU, concurrency_limit=1)
     return {"panel": panel, "image": image, "strength": strength, "gallery": gallery,
             "preview": preview, "generate": generate}
 

@@ -1,0 +1,101 @@
+"""The bundled tiny-shapes model: prompts, negative prompts, guidance and strength really act.
+
+Its pictures have measurable meaning, read by the deterministic pixel classifier in
+training/classify.py, so these tests check behaviour, not just shapes. Seeds are fixed.
+"""
+import numpy as np
+import pytest
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from studio import schedulers
+from studio.config import DEFAULT_MODEL, Settings, parse_settings
+from studio.requests import GenerationRequest
+from training import classify, shapes
+
+
+def verdict(image: Image.Image) -> classify.Verdict:
+    return classify.classify(np.asarray(image.convert("RGB")))
+
+
+def share_of(images, colour: str) -> float:
+    """Fraction of all pixels whose nearest palette colour is `colour`."""
+    pixels = np.concatenate([np.asarray(im, np.float32).reshape(-1, 3) for im in images])
+    nearest = np.argmin(((pixels[:, None, :] - classify.PALETTE[None]) ** 2).sum(-1), axis=1)
+    return float((nearest == classify.NAMES.index(colour)).mean())
+
+
+def test_it_loads_offline_as_a_plain_stable_diffusion_pipeline():
+    pipe = StableDiffusionPipeline.from_pretrained(DEFAULT_MODEL, local_files_only=True)
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == shapes.RESOLUTION
+
+
+def test_it_is_the_default_of_the_app_and_the_cli():
+    from studio.__main__ import build_parser
+
+    assert Settings().model == parse_settings([]).model == DEFAULT_MODEL
+    assert build_parser().parse_args(["generate", "--prompt", "p", "--out", "o.png"]).model == DEFAULT_MODEL
+
+
+@pytest.mark.parametrize("prompt", [
+    "a large red circle in the center on a white background",
+    "a large blue square at the top left on a yellow background",
+    "a large green triangle at the bottom right on a black background",
+])
+def test_a_prompts_colour_shape_and_place_show_in_the_image(bundled_manager, prompt):
+    result = bundled_manager.generate(GenerationRequest(prompt=prompt, seed=0))
+    words = prompt.split()
+    seen = verdict(result.images[0])
+    assert (seen.colour, seen.shape, seen.background) == (words[2], words[3], words[-2])
+    assert seen.position in prompt
+
+
+def test_the_negative_prompt_red_lowers_the_red_share(bundled_manager):
+    request = dict(prompt="a large circle", num_images_per_prompt=8, seed=10)
+    plain = bundled_manager.generate(GenerationRequest(**request)).images
+    avoided = bundled_manager.generate(GenerationRequest(negative_prompt="red", **request)).images
+    assert share_of(avoided, "red") < 0.5 * share_of(plain, "red")
+
+
+def test_higher_guidance_follows_the_prompt_more_closely(bundled_manager):
+    prompts = [shapes.caption(s) for s in shapes.scenes(3, 8, list(shapes.HELD_OUT))]
+
+    def correct(guidance: float) -> int:
+        hits = 0
+        for i, prompt in enumerate(prompts):
+            seen = verdict(bundled_manager.generate(GenerationRequest(prompt=prompt, seed=i,
+                                                                      guidance_scale=guidance)).images[0])
+            words = prompt.split()
+            hits += (seen.colour in words) + (seen.shape in words) + (seen.background in words)
+        return hits
+
+    assert correct(7.5) > correct(1.0)
+
+
+@pytest.fixture(scope="module")
+def red_circle() -> Image.Image:
+    return shapes.render(shapes.Scene("red", "circle", "white", "large", "center", 14, 32, 32))
+
+
+def test_img2img_at_low_strength_keeps_the_picture(bundled_manager, red_circle):
+    result = bundled_manager.generate(GenerationRequest(
+        prompt="a large blue square in the center on a white background", image=red_circle, strength=0.2, seed=0))
+    seen = verdict(result.images[0])
+    assert (seen.colour, seen.shape) == ("red", "circle")
+
+
+def test_img2img_at_high_strength_follows_the_prompt(bundled_manager, red_circle):
+    result = bundled_manager.generate(GenerationRequest(
+        prompt="a large blue square in the center on a white background", image=red_circle, strength=0.9, seed=0))
+    seen = verdict(result.images[0])
+    assert (seen.colour, seen.shape) == ("blue", "square")
+
+
+@pytest.mark.parametrize("name", list(schedulers.SCHEDULERS))
+def test_it_runs_under_every_scheduler(bundled_manager, name):
+    result = bundled_manager.generate(GenerationRequest(
+        prompt="a large yellow square in the center on a blue background", scheduler=name, seed=1,
+        num_inference_steps=20, guidance_scale=1.5 if name == "LCM" else 7.5))
+    assert result.images[0].size == (shapes.RESOLUTION, shapes.RESOLUTION)
+    if name != "LCM":  # LCM's schedule is for distilled models; on this one it only has to run
+        assert verdict(result.images[0]).background == "blue"

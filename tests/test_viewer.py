@@ -1,0 +1,175 @@
+"""The denoising viewer's core: trajectories, predicted x0, decoders, exports, the forward process."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMPipeline
+from PIL import Image
+
+from studio import export, schedulers
+from studio.requests import GenerationRequest
+from studio.trajectory import STORE_DTYPE, alpha_bar_at, x0_closed_form
+from tests import tiny_pipelines as tiny
+
+ORACLE_SCHEDULERS = [n for n in schedulers.SCHEDULERS if n != "LCM"]  # LCM mixes x_t into its x0
+
+
+@pytest.fixture(scope="module")
+def managers(tiny_dirs, tmp_path_factory):
+    from studio.config import Settings
+    from studio.manager import PipelineManager
+
+    loaded = {}
+    for family in ("sd1", "sd2v", "unet2d"):
+        loaded[family] = PipelineManager(Settings(model=str(tiny_dirs[family]),
+                                                  outputs=str(tmp_path_factory.mktemp("out"))))
+        loaded[family].load()
+    return loaded
+
+
+def install_oracle(monkeypatch, pipe, target: torch.Tensor) -> None:
+    """Make the UNet a perfect denoiser for the clean latents `target`.
+
+    The UNet always sees alpha-scale input x = sqrt(a) x0 + sqrt(1-a) eps; it answers with the exact
+    eps (or v = sqrt(a) eps - sqrt(1-a) x0), so every step's predicted x0 must be `target`.
+    """
+    unet = pipe.unet
+    prediction = pipe.scheduler.config.prediction_type
+    alphas = DDIMScheduler.from_config(pipe.scheduler.config).alphas_cumprod
+
+    def oracle(sample, timestep, *args, return_dict=True, **kwargs):
+        a = alpha_bar_at(alphas, float(timestep))
+        eps = (sample - math.sqrt(a) * target) / math.sqrt(1 - a)
+        out = eps if prediction == "epsilon" else math.sqrt(a) * eps - math.sqrt(1 - a) * target
+        return (out,) if not return_dict else type("Out", (), {"sample": out})()
+
+    monkeypatch.setattr(unet, "forward", oracle)
+
+
+@pytest.mark.parametrize("name", ORACLE_SCHEDULERS)
+@pytest.mark.parametrize("family", ["sd1", "sd2v"])
+def test_predicted_x0_is_exact_for_a_perfect_denoiser(managers, monkeypatch, family, name):
+    manager = managers[family]
+    target = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    install_oracle(monkeypatch, manager.loaded.txt2img, target)
+    result = manager.generate(GenerationRequest(prompt="a", num_inference_steps=6, scheduler=name, seed=0))
+    assert len(result.trajectory.steps) == 6
+    for step in result.trajectory.steps:
+        torch.testing.assert_close(step.x0.float(), target, atol=2e-2, rtol=1e-2)
+    # DDIM/PLMS (set_alpha_to_one=False, as in SD) stop at alpha_bar[0] < 1: a trace of noise stays
+    torch.testing.assert_close(result.trajectory.final.float(), target, atol=0.15, rtol=0.05)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_the_closed_form_x0_matches_diffusers_ddim(prediction):
+    scheduler = DDIMScheduler(prediction_type=prediction, beta_schedule="scaled_linear", clip_sample=False,
+                              beta_start=0.00085, beta_end=0.012)
+    scheduler.set_timesteps(10)
+    generator = torch.Generator().manual_seed(0)
+    x_t, model_output = torch.randn(2, 1, 4, 8, 8, generator=generator)
+    t = scheduler.timesteps[3]
+    expected = scheduler.step(model_output, t, x_t).pred_original_sample
+    got = x0_closed_form(x_t, model_output, float(scheduler.alphas_cumprod[t]), prediction)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("name", list(schedulers.SCHEDULERS))
+def test_img2img_records_int_steps_times_strength(managers, name):
+    start = Image.new("RGB", (64, 64), "red")
+    result = managers["sd1"].generate(GenerationRequest(prompt="a", image=start, strength=0.5,
+                                                        num_inference_steps=8, scheduler=name, seed=0))
+    # PLMS repeats its first timestep, so diffusers' img2img runs one step more with it.
+    assert len(result.trajectory.steps) == int(8 * 0.5) + (name == "PLMS")
+    assert result.trajectory.start_step == 4 and len(result.trajectory.schedule) == 8
+
+
+def test_a_long_run_keeps_small_float16_latents_only(managers):
+    result = managers["sd1"].generate(GenerationRequest(prompt="a", num_inference_steps=150, seed=0,
+                                                        scheduler="Euler"))
+    steps = result.trajectory.steps
+    assert len(steps) == 150 and all(s.latents.dtype == STORE_DTYPE for s in steps)
+    per_latent = 4 * 32 * 32 * 2  # (1, 4, 32, 32) float16
+    assert result.trajectory.nbytes() == (2 * 150 + 1) * per_latent
+
+
+def test_the_schedule_falls_from_pure_noise_to_clean(managers):
+    result = managers["sd1"].generate(GenerationRequest(prompt="a", num_inference_steps=10, seed=0,
+                                                        scheduler="Euler"))
+    sigmas = result.trajectory.schedule
+    assert len(sigmas) == 10 and sigmas == sorted(sigmas, reverse=True) and sigmas[0] > 5
+    assert [round(s.sigma, 4) for s in result.trajectory.steps] == [round(s, 4) for s in sigmas]
+
+
+def test_decoders_give_pictures_of_the_image_size(bundled_manager):
+    result = bundled_manager.generate(GenerationRequest(prompt="a red circle", num_inference_steps=4, seed=0))
+    for kind in ("fast", "full"):
+        pictures = bundled_manager.previews.decode(bundled_manager.loaded, result.trajectory.steps[-1].x0, kind)
+        assert [p.size for p in pictures] == [(64, 64)]
+
+
+def test_the_fast_decoder_is_close_to_the_full_vae_on_the_bundled_model(bundled_manager):
+    result = bundled_manager.generate(GenerationRequest(
+        prompt="a large blue square in the center on a yellow background", seed=2, num_images_per_prompt=4))
+    x0 = result.trajectory.steps[-1].x0
+    model = bundled_manager.loaded
+    fast = np.stack([np.asarray(p, float) for p in bundled_manager.previews.decode(model, x0, "fast")]) / 255
+    full = np.stack([np.asarray(p, float) for p in bundled_manager.previews.decode(model, x0, "full")]) / 255
+    assert np.abs(fast - full).mean() < 0.08
+
+
+def test_a_tiny_preview_without_a_tiny_autoencoder_says_what_to_pass(bundled_manager):
+    from studio.errors import StudioError
+
+    with pytest.raises(StudioError, match="--tiny-vae"):
+        bundled_manager.previews.decode(bundled_manager.loaded, torch.zeros(1, 4, 16, 16), "tiny")
+
+
+def test_trajectory_export_writes_every_step_a_gif_and_a_contact_sheet(managers, tmp_path):
+    manager = managers["sd1"]
+    result = manager.generate(GenerationRequest(prompt="a", num_inference_steps=5, seed=0))
+    written = export.write_trajectory(manager, result, tmp_path / "run")
+    names = sorted(p.name for p in written)
+    assert names.count("trajectory.gif") == 1 and "contact_sheet.png" in names
+    assert len([n for n in names if n.endswith("_xt.png")]) == len([n for n in names if n.endswith("_x0.png")]) == 5
+    gif = Image.open(tmp_path / "run" / "trajectory.gif")
+    assert gif.n_frames == 5
+    sheet = Image.open(tmp_path / "run" / "contact_sheet.png")
+    assert sheet.size == (5 * 2 * export.CELL, export.CELL + export.CAPTION)
+
+
+def test_the_schedule_chart_marks_the_current_step(managers):
+    result = managers["sd1"].generate(GenerationRequest(prompt="a", num_inference_steps=5, seed=0))
+    plain = np.asarray(export.schedule_chart(result.trajectory))
+    marked = np.asarray(export.schedule_chart(result.trajectory, current=2))
+    assert plain.shape == marked.shape and (plain != marked).any()
+
+
+def test_forward_process_at_t0_keeps_the_picture_and_at_t999_is_noise(bundled_manager):
+    from training import shapes
+
+    picture = shapes.render(shapes.Scene("red", "circle", "white", "large", "center", 14, 32, 32))
+    original = np.asarray(picture, float)
+    kept = np.asarray(bundled_manager.forward_process(picture, timestep=0).picture, float)
+    noised = bundled_manager.forward_process(picture, timestep=999)
+    assert np.abs(kept - original).mean() < 8
+    assert np.abs(np.asarray(noised.picture, float) - original).mean() > 40 and noised.sigma > 10
+
+
+def test_forward_process_for_a_strength_starts_where_img2img_starts(bundled_manager):
+    from training import shapes
+
+    picture = shapes.render(shapes.Scene("red", "circle", "white", "large", "center", 14, 32, 32))
+    out = bundled_manager.forward_process(picture, strength=0.3, num_inference_steps=20)
+    result = bundled_manager.generate(GenerationRequest(prompt="a", image=picture, strength=0.3, seed=0))
+    assert out.steps_to_run == 6 == len(result.trajectory.steps)
+    assert out.timestep == result.trajectory.steps[0].timestep
+
+
+def test_an_unconditional_model_runs_in_the_viewer_like_ddpm_itself(managers, tiny_dirs):
+    manager = managers["unet2d"]
+    result = manager.generate(GenerationRequest(num_inference_steps=5, seed=3, preview="fast"))
+    assert len(result.trajectory.steps) == 5 and manager.info.family == "unconditional"
+    pipe = DDPMPipeline.from_pretrained(tiny_dirs["unet2d"])
+    expected = pipe(generator=[torch.Generator().manual_seed(3)], num_inference_steps=5, output_type="np").images
+    np.testing.assert_array_equal(np.asarray(result.images[0]), (expected[0] * 255).round().astype(np.uint8))
