@@ -16,10 +16,13 @@ MAX_UPLOAD = "25mb"
 
 
 def launch_options(settings: Settings) -> dict:
-    options = {"server_name": settings.host, "server_port": settings.port,
+    from studio.ui import CSS, TITLE
+
+    options = {"server_name": settings.host, "server_port": settings.port, "css": CSS,
+               "allowed_paths": [str(settings.output_root())],
                "auth": settings.auth_pair(), "max_file_size": MAX_UPLOAD, "show_error": True}
     if settings.auth_pair():
-        options["auth_message"] = "Diffusion Studio: sign in with the --auth user and password."
+        options["auth_message"] = f"{TITLE}: sign in with the --auth user and password."
     return options
 
 

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-image", type=Path, default=None, help="img2img: the starting picture")
     g.add_argument("--strength", type=float, default=0.75, help="img2img: how much to change it")
     g.add_argument("--preview", choices=config.PREVIEWS, default="none", help="decoder for step previews")
-    g.add_argument("--trajectory", type=Path, default=None, help="folder for every step's x_t and x0, a GIF and a contact sheet")
+    g.add_argument("--trajectory", type=Path, default=None, help="folder for every step's x_t and x0, a GIF and a contact sheet (decoded with --preview's decoder, full VAE if none)")
     config.add_model_arguments(g, config.defaults())
     return parser
 
@@ -60,7 +60,8 @@ def output_paths(out: Path, count: int) -> list[Path]:
 def generate(args: argparse.Namespace) -> None:
     from studio.manager import PipelineManager
 
-    settings = config.Settings(model=args.model, model_config=args.model_config, device=args.device,
+    settings = config.Settings(model=args.model, model_config=args.model_config, tiny_vae=args.tiny_vae,
+                               device=args.device,
                                dtype=args.dtype, attention_slicing=args.attention_slicing,
                                vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling,
                                cpu_offload=args.cpu_offload, trust_pickle=args.trust_pickle)
@@ -82,7 +83,8 @@ def generate(args: argparse.Namespace) -> None:
     if args.trajectory is not None:
         from studio import export
 
-        written = export.write_trajectory(manager, result, args.trajectory)
+        decoder = "full" if args.preview == "none" else args.preview
+        written = export.write_trajectory(manager, result, args.trajectory, decoder)
         print(f"trajectory: {len(written)} files in {args.trajectory}")
     print(f"{result.timings['steps']} steps in {result.timings['total']:.2f} s")
 

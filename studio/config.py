@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +23,7 @@ PREVIEWS = ("none", "fast", "tiny", "full")
 class Settings:
     model: str = DEFAULT_MODEL
     model_config: str | None = None    # diffusers folder whose configs a single file uses
+    tiny_vae: str | None = None        # AutoencoderTiny (TAESD) id or folder for "tiny" previews
     device: str = "auto"
     dtype: str = "auto"
     attention_slicing: str = "auto"
@@ -37,6 +39,13 @@ class Settings:
     no_save: bool = False
     allowed_models: tuple[str, ...] = ()  # public mode: only these may be loaded from the UI/API
     max_queue: int = 16
+
+    def output_root(self) -> Path:
+        """Where finished PNGs go: --outputs, or with --no-save a temporary folder of this process
+        (so the UI can still offer downloads). The server may serve files from here only."""
+        if self.no_save:
+            return Path(tempfile.gettempdir()) / f"diffusion-studio-{os.getpid()}"
+        return Path(self.outputs).resolve()
 
     @property
     def on_space(self) -> bool:
@@ -87,6 +96,7 @@ def add_model_arguments(p: argparse.ArgumentParser, d: dict) -> None:
     """The flags that say which model to load and how; shared by app.py and the CLI."""
     p.add_argument("--model", default=d["model"], help="Hub id, diffusers folder or .safetensors file (default: the bundled tiny-shapes model)")
     p.add_argument("--model-config", default=d["model_config"], help="diffusers folder whose configs a single-file checkpoint uses (needed offline)")
+    p.add_argument("--tiny-vae", default=d["tiny_vae"], help="AutoencoderTiny (TAESD family) id or folder for 'tiny' previews")
     p.add_argument("--device", default=d["device"], help="auto, cuda, mps, xpu or cpu (default: auto)")
     p.add_argument("--dtype", default=d["dtype"], choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--attention-slicing", default=d["attention_slicing"], choices=ATTENTION_SLICING)

@@ -58,6 +58,7 @@ class LoadedModel:
 
             # Shares every module with txt2img (no second copy of the weights) and keeps the dtype.
             self._img2img = AutoPipelineForImage2Image.from_pipe(self.txt2img)
+            self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
 
 
@@ -90,7 +91,7 @@ class PipelineManager:
         self._lock = threading.RLock()
         self._running_cancel: threading.Event | None = None  # the running job's Stop flag
         self._model: LoadedModel | None = None
-        self.previews = PreviewDecoder()
+        self.previews = PreviewDecoder(self.settings.tiny_vae)
 
     # ----- models -------------------------------------------------------------------------
     def load(self, name: str | None = None) -> ModelInfo:
@@ -291,13 +292,13 @@ class PipelineManager:
 
         return report
 
-    def stream(self, request: GenerationRequest):
+    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None):
         """Run in a worker thread; yield ("step", n, total, preview) events, then ("done", result).
 
         Closing the generator early (a UI's Stop, a dropped client) cancels the run.
         """
         events: queue.Queue = queue.Queue()
-        cancel = threading.Event()
+        cancel = cancel or threading.Event()
 
         def report(*event) -> None:
             events.put(("step", *event))

@@ -1,15 +1,14 @@
 """Where finished images go: PNGs with their parameters, named by the studio, never by the prompt.
 
 Names are `YYYY-MM-DD/NNNNN-SEED.png` under --outputs. With --no-save (the Space default) the
-PNGs go to a private temporary folder instead, so the UI can still offer them for download; that
-folder is removed when the process exits. This module knows nothing of Gradio.
+PNGs go to a private temporary folder (Settings.output_root), so the UI can still offer them for
+download; that folder is removed when the process exits. This module knows nothing of Gradio.
 """
 from __future__ import annotations
 
 import datetime
 import itertools
 import shutil
-import tempfile
 import threading
 import weakref
 from pathlib import Path
@@ -18,12 +17,10 @@ from studio import metadata
 
 
 class OutputWriter:
-    def __init__(self, outputs: str | Path, save: bool = True):
-        self.save = save
-        if save:
-            self.root = Path(outputs).resolve()
-        else:
-            self.root = Path(tempfile.mkdtemp(prefix="studio-outputs-"))
+    def __init__(self, root: str | Path, temporary: bool = False):
+        self.root = Path(root)
+        if temporary:  # --no-save: gone when the process ends
+            self.root.mkdir(parents=True, exist_ok=True)
             weakref.finalize(self, shutil.rmtree, self.root, True)
         self._lock = threading.Lock()
 

@@ -96,9 +96,9 @@ class PreviewDecoder:
             from diffusers import AutoencoderTiny
 
             self._tiny = AutoencoderTiny.from_pretrained(self.tiny_vae_name).to(model.txt2img.device)
-        vae = model.txt2img.vae
-        # TAESD takes unscaled-by-factor latents: z / scaling_factor * taesd's own scaling (1.0)
-        z = latents.to(self._tiny.device, self._tiny.dtype) / vae.config.scaling_factor
+        # TAESD reads the UNet's (scaled) latents as they are: its own scaling_factor is 1.0,
+        # and pipelines that swap it in divide by that.
+        z = latents.to(self._tiny.device, self._tiny.dtype) / self._tiny.config.scaling_factor
         pixels = self._tiny.decode(z).sample  # (b, 3, H, W) in [-1, 1]
         return [to_pil(image.float().cpu() * 0.5 + 0.5, 1) for image in pixels]
 

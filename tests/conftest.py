@@ -81,13 +81,13 @@ def app_server(bundled_manager, tmp_path_factory):
 
     Yields (url, settings); the server stops at the end of the session.
     """
+    from app import launch_options
     from studio.ui import build_demo
 
     settings = Settings(model=DEFAULT_MODEL, port=free_port(),
                         outputs=str(tmp_path_factory.mktemp("app-outputs")))
     demo = build_demo(bundled_manager, settings)
-    demo.launch(server_name="127.0.0.1", server_port=settings.port, prevent_thread_lock=True,
-                quiet=True)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
     try:
         yield f"http://127.0.0.1:{settings.port}/", settings
     finally:

@@ -57,3 +57,12 @@ def test_a_missing_model_is_one_clear_line(tmp_path, capsys):
     code = main(["generate", "--prompt", "x", "--out", str(tmp_path / "x.png"), "--model", "../../etc/passwd"])
     assert code == 2
     assert "model='../../etc/passwd'" in capsys.readouterr().err
+
+
+def test_trajectory_folder_gets_every_step_a_gif_and_a_contact_sheet(sd1_dir, tmp_path, capsys):
+    code = main(["generate", "--prompt", "a cat", "--out", str(tmp_path / "cat.png"), "--model", str(sd1_dir),
+                 "--steps", "3", "--preview", "fast", "--trajectory", str(tmp_path / "steps")])
+    assert code == 0
+    names = {p.name for p in (tmp_path / "steps").iterdir()}
+    assert {"step_001_xt.png", "step_003_x0.png", "trajectory.gif", "contact_sheet.png"} <= names
+    assert "trajectory: 8 files" in capsys.readouterr().out

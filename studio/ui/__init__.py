@@ -12,11 +12,15 @@ from studio.outputs import OutputWriter
 from studio.ui import generate_tab, settings_panel, viewer_tab
 
 TITLE = "Diffusion Studio"
+# Small models make small pictures: show them enlarged with crisp pixels, not blurred.
+CSS = """
+.studio-picture img { image-rendering: pixelated; object-fit: contain; width: 100%; height: 100%; }
+"""
 DEFAULT_PROMPT = "a small red circle at the top left on a blue background"
 
 
 def build_demo(manager, settings: Settings) -> gr.Blocks:
-    writer = OutputWriter(settings.outputs, save=not settings.no_save)
+    writer = OutputWriter(settings.output_root(), temporary=settings.no_save)
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nWatch noise turn into a picture. Hover a control to see what it does.")
         settings_panel.build(manager, settings)

@@ -57,8 +57,8 @@ def parameter_panel(tab: str, native_size: int, default_prompt: str) -> Paramete
     with gr.Row():
         seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)",
                          elem_id=f"{tab}-seed")
-        random_seed = gr.Button("🎲 Random", size="sm", elem_id=f"{tab}-random-seed")
-        reuse_seed = gr.Button("♻️ Reuse last", size="sm", elem_id=f"{tab}-reuse-seed")
+        random_seed = gr.Button("Random", size="sm", elem_id=f"{tab}-random-seed")
+        reuse_seed = gr.Button("Reuse last", size="sm", elem_id=f"{tab}-reuse-seed")
     preview = gr.Radio(PREVIEW_CHOICES, value="fast", label="Live preview", elem_id=f"{tab}-preview")
     panel = ParameterPanel(prompt, negative, steps, guidance, width, height, scheduler, batch, seed, preview)
     random_seed.click(random_seed_value, outputs=seed, api_visibility="private", queue=False)

@@ -6,6 +6,8 @@ it through the manager, and show previews, the gallery and the seeds.
 """
 from __future__ import annotations
 
+import threading
+
 import gradio as gr
 
 from studio.errors import StudioError
@@ -24,6 +26,8 @@ def strength_note(steps, strength) -> str:
 
 
 HISTORY_LIMIT = 12  # runs a session keeps for the viewer; older ones are dropped
+# Stop flags by Gradio session: a session's Stop reaches only its own run.
+stops: dict[str, threading.Event] = {}
 
 
 def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: gr.State,
@@ -40,25 +44,27 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
                                      elem_id="img2img-strength")
                 steps_note = gr.Markdown(strength_note(20, 0.75), elem_id="img2img-steps-note")
                 start_picture = gr.Image(label="Where the run starts: the picture noised by this strength",
-                                         interactive=False, format="png", height=160,
+                                         interactive=False, elem_classes="studio-picture", format="png", height=160,
                                          elem_id="img2img-start-preview")
             panel = common.parameter_panel(tab, manager.info.native_size, default_prompt)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id=f"{tab}-stop")
         with gr.Column(scale=6):
-            preview = gr.Image(label="Live preview", interactive=False, elem_id=f"{tab}-live-preview",
+            preview = gr.Image(label="Live preview", interactive=False, elem_classes="studio-picture", elem_id=f"{tab}-live-preview",
                                height=256, format="png")
-            gallery = gr.Gallery(label="Result", format="png", columns=4, height=320,
-                                 elem_id=f"{tab}-gallery", interactive=False)
+            gallery = gr.Gallery(label="Result", format="png", columns=4, height=320, preview=True,
+                                 elem_id=f"{tab}-gallery", interactive=False, elem_classes="studio-picture")
             info = gr.Markdown(elem_id=f"{tab}-info")
     last_seed = gr.State(-1)
 
-    def run(history, *values, progress=gr.Progress()):
-        request = request_from(mode, values)
+    def run(history, *values, request: gr.Request, progress=gr.Progress()):
+        stop_flag = stops.setdefault(request.session_hash, threading.Event())
+        stop_flag.clear()
+        generation = request_from(mode, values)
         final = None
         # Yield at every step, preview or not: Gradio's Stop takes effect at a yield.
-        for picture, result in common.run_stream(manager.stream(request), progress):
+        for picture, result in common.run_stream(manager.stream(generation, stop_flag), progress):
             if result is None:
                 yield picture if picture is not None else gr.skip(), gr.skip(), gr.skip(), gr.skip(), \
                     gr.skip(), gr.skip()
@@ -70,10 +76,15 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
             yield gr.skip(), paths, common.describe_result(final), final.seeds[0], history, paths[0]
 
     inputs = [runs] + panel.inputs() + ([image, strength] if mode == "img2img" else [])
-    event = generate.click(run, inputs=inputs, outputs=[preview, gallery, info, last_seed, runs, last_image],
+    generate.click(run, inputs=inputs, outputs=[preview, gallery, info, last_seed, runs, last_image],
                            api_name=tab, concurrency_id=common.GPU, concurrency_limit=1)
-    # Stop cancels this session's own event; Gradio closes its generator, which stops the run.
-    stop.click(None, cancels=[event], api_visibility="private", queue=False)
+    def stop_run(request: gr.Request) -> None:
+        """Stop this session's run at its next step; the run then ends normally and says so.
+        (Gradio's own `cancels=` would close the generator mid-stream, which its front end
+        sometimes shows as "Error".)"""
+        stops.setdefault(request.session_hash, threading.Event()).set()
+
+    stop.click(stop_run, api_visibility="private", queue=False)
     panel.reuse_seed.click(reuse, inputs=last_seed, outputs=panel.seed, api_visibility="private", queue=False)
     if mode == "img2img":
         for control in (strength, panel.num_inference_steps):

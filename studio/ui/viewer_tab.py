@@ -87,11 +87,11 @@ def build(manager, runs: gr.State, last_image: gr.State) -> None:
     step = gr.Slider(1, 20, value=20, step=1, label="Step", elem_id="viewer-step")
     caption = gr.Markdown(elem_id="viewer-caption")
     with gr.Row():
-        noisy = gr.Image(label="x_t (noisy)", interactive=False, format="png", elem_id="viewer-xt", height=256)
-        clean = gr.Image(label="predicted x0", interactive=False, format="png", elem_id="viewer-x0", height=256)
-        chart = gr.Image(label="Noise schedule σ", interactive=False, format="png", elem_id="viewer-chart")
+        noisy = gr.Image(label="x_t (noisy)", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-xt", height=256)
+        clean = gr.Image(label="predicted x0", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-x0", height=256)
+        chart = gr.Image(label="Noise schedule σ", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-chart")
     strip = gr.Gallery(label="Filmstrip: predicted x0 at every step", columns=10, height=200,
-                       format="png", elem_id="viewer-filmstrip", interactive=False)
+                       format="png", elem_id="viewer-filmstrip", interactive=False, elem_classes="studio-picture")
     with gr.Row():
         export_button = gr.Button("Export GIF and contact sheet", elem_id="viewer-export")
         gif = gr.File(label="Animated GIF", elem_id="viewer-gif")
@@ -128,7 +128,7 @@ def forward_section(manager, last_image: gr.State) -> None:
         use_last = gr.Button("Use the last result", elem_id="forward-use-last")
         timestep = gr.Slider(0, 999, value=500, step=1, label="Timestep t", elem_id="forward-timestep")
     with gr.Row():
-        noised = gr.Image(label="Noised to t", interactive=False, format="png", elem_id="forward-noised", height=200)
+        noised = gr.Image(label="Noised to t", interactive=False, elem_classes="studio-picture", format="png", elem_id="forward-noised", height=200)
         info = gr.Markdown(elem_id="forward-info")
 
     def noise_to(image, t):

@@ -1,0 +1,145 @@
+"""Real-browser tests: Debian's chromium, driven by Playwright, uses the studio like a person would.
+
+The studio runs on 127.0.0.1 (conftest's `app_server`, the bundled tiny-shapes model); elements
+are found by the `elem_id`s the UI sets (role-based locators time out with Gradio 6). Screenshots
+go to tests/artifacts/. The browser is the system's /usr/bin/chromium: nothing is downloaded
+(never `playwright install`), and without it these tests fail, they do not skip.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, expect, sync_playwright
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+VIEWPORT = {"width": 1280, "height": 1000}
+PAGE_READY_SECONDS = 20
+GENERATION_SECONDS = 20
+SEED_TEXT = re.compile(r"Seed:\s*\d+")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
+                    "(apt-get install chromium). They never download a browser.", pytrace=False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_server) -> Page:
+    """A fresh page (own cookies, own Gradio session) on the studio, ready to use."""
+    url, _ = app_server
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    page.goto(url)
+    page.wait_for_selector("#txt2img-generate", timeout=PAGE_READY_SECONDS * 1000)
+    yield page
+    context.close()
+
+
+def set_number(page: Page, elem_id: str, value) -> None:
+    """Type into a slider's number box and press Enter, as a person would."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(str(value))
+
+
+def expect_loaded_image(page: Page, selector: str) -> None:
+    """An <img> under `selector` is shown and its picture really arrived from the server."""
+    image = page.locator(f"{selector} img").first
+    expect(image).to_be_visible(timeout=GENERATION_SECONDS * 1000)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+
+
+def test_page_shows_title_tabs_and_the_model_on_the_cpu(page, app_server):
+    _, settings = app_server
+    expect(page).to_have_title("Diffusion Studio")
+    expect(page.locator("h1")).to_have_text("Diffusion Studio")
+    expect(page.locator("#tab-txt2img-button")).to_have_text("Text to image")
+    expect(page.locator("#tab-img2img-button")).to_have_text("Image to image")
+
+    page.locator("#settings-panel").get_by_text("Model and settings").click()
+    status = page.locator("#settings-status")
+    expect(status).to_be_visible()
+    expect(status).to_contain_text("cpu")
+    expect(status).to_contain_text(Path(settings.model).name)
+
+
+def test_txt2img_generate_shows_the_picture_and_its_seed(page, artifacts):
+    page.fill("#txt2img-prompt textarea", "a small red circle at the top left on a blue background")
+    page.click("#txt2img-generate")
+
+    expect_loaded_image(page, "#txt2img-gallery")
+    expect(page.locator("#txt2img-info")).to_contain_text(SEED_TEXT)
+    expect(page.locator("#txt2img-info")).to_contain_text("20 steps")
+    expect(page.locator("#txt2img-live-preview img")).to_be_visible()
+    page.screenshot(path=artifacts / "txt2img.png", full_page=True)
+
+
+def test_img2img_strength_says_how_many_steps_run_and_generates(page, artifacts, tmp_path):
+    start = tmp_path / "start.png"
+    picture = Image.new("RGB", (64, 64), (220, 40, 40))  # a red field with a blue square
+    picture.paste((40, 60, 220), (20, 20, 44, 44))
+    picture.save(start)
+
+    page.click("#tab-img2img-button")
+    expect(page.locator("#img2img-image")).to_be_visible()
+    note = page.locator("#img2img-steps-note")
+    expect(note).to_contain_text("15 of 20 steps")  # the default strength, 0.75
+    page.set_input_files("#img2img-image input[type=file]", start)
+    expect(page.locator("#img2img-image img").first).to_be_visible()
+
+    set_number(page, "img2img-strength", 0.5)
+    expect(note).to_contain_text("10 of 20 steps")
+    set_number(page, "img2img-steps", 30)
+    expect(note).to_contain_text("15 of 30 steps")
+    set_number(page, "img2img-steps", 20)
+    expect(note).to_contain_text("10 of 20 steps")
+
+    page.click("#img2img-generate")
+    expect_loaded_image(page, "#img2img-gallery")
+    expect(page.locator("#img2img-info")).to_contain_text(SEED_TEXT)
+    expect(page.locator("#img2img-info")).to_contain_text("10 steps")
+    page.screenshot(path=artifacts / "img2img.png", full_page=True)
+
+
+def test_stop_ends_a_long_run_and_the_next_generate_works(page):
+    # 150 steps at 256x256 take over a minute here: if Stop left the run going, the next
+    # generation would wait for it (one generation at a time) and miss the bound below.
+    set_number(page, "txt2img-steps", 150)
+    set_number(page, "txt2img-width", 256)
+    set_number(page, "txt2img-height", 256)
+    page.click("#txt2img-generate")
+    expect(page.locator("#txt2img-live-preview img")).to_be_visible(timeout=GENERATION_SECONDS * 1000)
+
+    page.click("#txt2img-stop")
+    # The run is over when no output is "generating" and the step counter is gone. Gradio 6.31
+    # sometimes labels a cancelled event's outputs "Error" (a frontend race that a minimal
+    # Gradio app shows too), so the label itself is not judged here.
+    for output in ("txt2img-gallery", "txt2img-live-preview"):
+        tracker = page.locator(f"#{output} [data-testid=status-tracker]")
+        expect(tracker).not_to_have_class(re.compile(r"\bgenerating\b"), timeout=10_000)
+        expect(tracker).not_to_contain_text("/150")
+    expect(page.locator("#txt2img-gallery img")).to_have_count(0)
+    expect(page.locator("#txt2img-info")).not_to_contain_text(SEED_TEXT)
+    expect(page.locator("#txt2img-generate")).to_be_enabled()
+
+    set_number(page, "txt2img-steps", 5)
+    started = time.monotonic()
+    page.click("#txt2img-generate")
+    expect_loaded_image(page, "#txt2img-gallery")
+    expect(page.locator("#txt2img-info")).to_contain_text("5 steps")
+    assert time.monotonic() - started < GENERATION_SECONDS
+    expect(page.locator("#txt2img-gallery [data-testid=status-tracker]")).to_have_class(re.compile(r"\bhide\b"))
