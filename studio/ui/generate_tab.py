@@ -58,7 +58,7 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
             info = gr.Markdown(elem_id=f"{tab}-info")
     last_seed = gr.State(-1)
 
-    def run(history, *values, request: gr.Request, progress=gr.Progress()):
+    def run(request: gr.Request, history, *values, progress=gr.Progress()):
         stop_flag = stops.setdefault(request.session_hash, threading.Event())
         stop_flag.clear()
         generation = request_from(mode, values)
