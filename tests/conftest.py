@@ -24,6 +24,17 @@ BUILDERS = {"sd1": tiny.sd1_pipeline, "sd2v": tiny.sd2_v_pipeline, "sdxl": tiny.
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on 2 busy cores: one torch thread runs them many times faster than two."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     """Each family's tiny pipeline saved as a diffusers folder (safetensors), built on first use."""

@@ -22,13 +22,7 @@ from tests import tiny_pipelines as tiny
 REQUEST = GenerationRequest(prompt=tiny.PROMPT, num_inference_steps=2, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """On 2 cores with another busy process, 2 torch threads run these much slower than 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pixels(manager) -> np.ndarray:

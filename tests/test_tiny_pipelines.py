@@ -17,13 +17,7 @@ BUILDERS = {
 builders = pytest.mark.parametrize("build", BUILDERS, ids=lambda b: b.__name__)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """On 2 cores with another busy process, 2 torch threads run these ~15x slower than 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @builders
