@@ -15,6 +15,7 @@ TITLE = "Diffusion Studio"
 # Small models make small pictures: show them enlarged with crisp pixels, not blurred.
 CSS = """
 .studio-picture img { image-rendering: pixelated; object-fit: contain; width: 100%; height: 100%; }
+#txt2img-gallery img, #img2img-gallery img, #viewer-filmstrip img { image-rendering: pixelated; object-fit: contain !important; max-height: 100%; }
 """
 DEFAULT_PROMPT = "a small red circle at the top left on a blue background"
 

@@ -53,8 +53,8 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
         with gr.Column(scale=6):
             preview = gr.Image(label="Live preview", interactive=False, elem_classes="studio-picture", elem_id=f"{tab}-live-preview",
                                height=256, format="png")
-            gallery = gr.Gallery(label="Result", format="png", columns=4, height=320, preview=True,
-                                 elem_id=f"{tab}-gallery", interactive=False, elem_classes="studio-picture")
+            gallery = gr.Gallery(label="Result", format="png", columns=4, height=420, preview=True,
+                                 elem_id=f"{tab}-gallery", interactive=False, object_fit="contain")
             info = gr.Markdown(elem_id=f"{tab}-info")
     last_seed = gr.State(-1)
 

@@ -91,7 +91,7 @@ def build(manager, runs: gr.State, last_image: gr.State) -> None:
         clean = gr.Image(label="predicted x0", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-x0", height=256)
         chart = gr.Image(label="Noise schedule σ", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-chart")
     strip = gr.Gallery(label="Filmstrip: predicted x0 at every step", columns=10, height=200,
-                       format="png", elem_id="viewer-filmstrip", interactive=False, elem_classes="studio-picture")
+                       format="png", elem_id="viewer-filmstrip", interactive=False, object_fit="contain")
     with gr.Row():
         export_button = gr.Button("Export GIF and contact sheet", elem_id="viewer-export")
         gif = gr.File(label="Animated GIF", elem_id="viewer-gif")
