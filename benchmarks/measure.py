@@ -10,6 +10,7 @@ import dataclasses
 import gc
 import os
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +65,28 @@ def interleave(runs: dict, repeats: int, warmup: int = 1) -> dict[str, dict[str,
             for key, value in runs[name]().items():
                 samples[name].setdefault(key, []).append(value)
     return samples
+
+
+def in_new_thread(run):
+    """A run that does `run` in a fresh thread and waits for it, the way PipelineManager.stream()
+    (and so the app) runs every generation."""
+    def threaded() -> dict:
+        results: list = []
+        worker = threading.Thread(target=call_into, args=(run, results))
+        worker.start()
+        worker.join()
+        if isinstance(results[0], BaseException):
+            raise results[0]
+        return results[0]
+    return threaded
+
+
+def call_into(run, results: list) -> None:
+    """Append run()'s result, or the exception it raised, to `results`."""
+    try:
+        results.append(run())
+    except BaseException as exc:  # handed to the waiting thread, raised there
+        results.append(exc)
 
 
 def synchronize(device: str) -> None:

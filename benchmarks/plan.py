@@ -11,6 +11,7 @@ PROMPT = "a small red circle at the top left on a blue background"
 NEGATIVE_PROMPT = ""
 SEED = 1234
 STEPS = 20
+FEW_STEPS = 2                  # the round trip's second step count, to split off the per-step cost
 GUIDANCE = 7.5
 
 # Goals (upper bounds unless said otherwise)
@@ -39,7 +40,7 @@ class Plan:
     @classmethod
     def full(cls, repeats: int) -> "Plan":
         return cls(repeats=repeats, cold_repeats=min(repeats, 3), cold_warmup=1, memory_runs=min(repeats, 3),
-                   clients=(1, 2, 4, 8), requests_per_client=max(2, repeats // 2),
+                   clients=(1, 2, 4, 8), requests_per_client=2,
                    scaling_repeats=repeats)
 
     @classmethod

@@ -23,7 +23,7 @@ from PIL import Image
 
 from benchmarks import plan as p
 from benchmarks.generation import studio_request, studio_run
-from benchmarks.measure import Stats, interleave, percentile, ratio
+from benchmarks.measure import Stats, in_new_thread, interleave, percentile, ratio
 from benchmarks.report import Figure
 from studio.config import REPO_ROOT, Settings
 
@@ -52,33 +52,55 @@ def running_app(manager, outputs: str):
         demo.close()
 
 
-def txt2img_via_client(client, size: int) -> Image.Image:
+def txt2img_via_client(client, size: int, steps: int = p.STEPS) -> Image.Image:
     """One /txt2img call, preview off, down to the decoded picture."""
-    _, gallery, _ = client.predict(*p.gradio_arguments(size), api_name="/txt2img")
+    _, gallery, _ = client.predict(*p.gradio_arguments(size, steps), api_name="/txt2img")
     image = Image.open(gallery[0]["image"])
     image.load()
     return image
 
 
 # ----- 4: round trip --------------------------------------------------------------------------
+def client_run(client, size: int, steps: int):
+    """A run that times one /txt2img round trip to the decoded picture."""
+    def run() -> dict:
+        started = time.perf_counter()
+        txt2img_via_client(client, size, steps)
+        return {"seconds": time.perf_counter() - started}
+    return run
+
+
 def round_trip(manager, url: str, plan: p.Plan) -> list[Figure]:
-    """Section 4: gradio_client -> /txt2img -> image, against the direct manager call."""
+    """Section 4: gradio_client -> /txt2img -> image, against the direct manager call. Also the
+    direct call in a fresh thread (as the app runs it), and all of it at 2 steps as well, which
+    splits the app's overhead into a part per request and a part per step."""
     from gradio_client import Client
 
-    client = Client(url, verbose=False)
-    size = manager.loaded.native_size
+    client, size = Client(url, verbose=False), manager.loaded.native_size
+    runs = {}
+    for steps in (p.STEPS, p.FEW_STEPS):
+        direct = studio_run(manager, studio_request(manager, steps=steps))
+        runs |= {("client", steps): client_run(client, size, steps), ("direct", steps): direct,
+                 ("thread", steps): in_new_thread(direct)}
+    stats = {key: Stats.of(values["seconds"]) for key, values in interleave(runs, plan.repeats).items()}
+    return round_trip_figures(stats)
 
-    def via_client() -> dict:
-        started = time.perf_counter()
-        txt2img_via_client(client, size)
-        return {"seconds": time.perf_counter() - started}
 
-    samples = interleave({"client": via_client, "direct": studio_run(manager, studio_request(manager))},
-                         plan.repeats)
-    client_stats, direct = Stats.of(samples["client"]["seconds"]), Stats.of(samples["direct"]["seconds"])
-    return [Figure("4", "gradio_client /txt2img round trip", "s", client_stats, note="preview none, PNG saved"),
+def round_trip_figures(stats: dict) -> list[Figure]:
+    """Section 4's figures; the app's overhead is the round trip minus the threaded direct call."""
+    many, few = (stats[("client", n)].median - stats[("thread", n)].median for n in (p.STEPS, p.FEW_STEPS))
+    per_step = (many - few) / (p.STEPS - p.FEW_STEPS)
+    client, direct, thread = (stats[(kind, p.STEPS)] for kind in ("client", "direct", "thread"))
+    return [Figure("4", "gradio_client /txt2img round trip", "s", client, note="preview none, PNG saved"),
             Figure("4", "direct manager.generate()", "s", direct),
-            Figure("4", "round trip / direct", "x", ratio(client_stats, direct), at_most=p.GOAL_ROUND_TRIP)]
+            Figure("4", "round trip / direct", "x", ratio(client, direct), at_most=p.GOAL_ROUND_TRIP),
+            Figure("4", "direct generate() in a fresh thread (as stream() runs it)", "s", thread),
+            Figure("4", "fresh thread / main thread", "x", ratio(thread, direct),
+                   note="torch's OpenMP ops cost more outside the main thread"),
+            Figure("4", "app overhead per denoising step", "s", Stats.of([per_step]),
+                   note=f"round trip minus threaded call, at {p.STEPS} and {p.FEW_STEPS} steps"),
+            Figure("4", "app overhead per request, besides the steps", "s",
+                   Stats.of([few - per_step * p.FEW_STEPS]))]
 
 
 # ----- 7: throughput --------------------------------------------------------------------------
