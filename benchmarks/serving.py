@@ -96,7 +96,7 @@ def round_trip_figures(stats: dict) -> list[Figure]:
             Figure("4", "round trip / direct", "x", ratio(client, direct), at_most=p.GOAL_ROUND_TRIP),
             Figure("4", "direct generate() in a fresh thread (as stream() runs it)", "s", thread),
             Figure("4", "fresh thread / main thread", "x", ratio(thread, direct),
-                   note="torch's OpenMP ops cost more outside the main thread"),
+                   note="a second OpenMP team beside the main thread's: libgomp throttles its spin-waits"),
             Figure("4", "app overhead per denoising step", "s", Stats.of([per_step]),
                    note=f"round trip minus threaded call, at {p.STEPS} and {p.FEW_STEPS} steps"),
             Figure("4", "app overhead per request, besides the steps", "s",
