@@ -30,7 +30,7 @@ from training import architecture, checkpoint, shapes, vocab
 CAPTION_KEEP = 0.85      # probability that each optional attribute is named in a caption
 CAPTION_DROPOUT = 0.10   # probability that a caption is replaced by the empty prompt
 MIN_SNR_GAMMA = 5.0      # Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting"
-EMA_DECAY = 0.999
+EMA_DECAY = 0.995     # v0 used 0.999, which lagged a short run: its raw weights scored better
 CHECKPOINT_EVERY = 250
 
 
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-steps", type=int, default=900)
     p.add_argument("--vae-batch", type=int, default=64)
     p.add_argument("--vae-lr", type=float, default=1.5e-3)
-    p.add_argument("--unet-steps", type=int, default=2600)
+    p.add_argument("--unet-steps", type=int, default=3200)
     p.add_argument("--unet-batch", type=int, default=64)
     p.add_argument("--unet-lr", type=float, default=8e-4)
     p.add_argument("--scale", type=int, default=1, help="width multiplier for bigger models")
@@ -140,9 +140,11 @@ def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, empty_ids: to
                    vocab_size: int, generator: torch.Generator) -> Denoiser:
     model = Denoiser(architecture.build_unet(args.scale),
                      architecture.build_text_encoder(vocab_size, args.scale)).to(args.device)
-    alphas_cumprod = architecture.build_scheduler().alphas_cumprod  # (1000,)
+    alphas_cumprod = architecture.build_scheduler().alphas_cumprod  # (1000,), last ~0
     snr = alphas_cumprod / (1 - alphas_cumprod)
-    weights = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr  # min-SNR for epsilon prediction
+    # Min-SNR for a v target, in its "snr + 1" form: full weight at high noise, where the layout
+    # and colours are decided (the plain form would give the zero-SNR step no weight at all).
+    weights = torch.clamp(snr + 1, max=MIN_SNR_GAMMA) / (snr + 1)
 
     def loss_fn(g: torch.Generator) -> torch.Tensor:
         index = torch.randint(0, len(latents), (args.unet_batch,), generator=g)
@@ -152,8 +154,9 @@ def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, empty_ids: to
         noise = torch.randn(x0.shape, generator=g)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v (Salimans & Ho 2022)
         pred = model(noisy.to(args.device), t.to(args.device), cond.to(args.device))
-        per_sample = ((pred - noise.to(args.device)) ** 2).mean(dim=(1, 2, 3))
+        per_sample = ((pred - target.to(args.device)) ** 2).mean(dim=(1, 2, 3))
         return (per_sample * weights[t].to(args.device)).mean()
 
     return run_phase("denoiser", model, args.unet_steps, args.unet_lr, args.work, loss_fn, generator)
