@@ -5,7 +5,9 @@
     Steps: 20, Sampler: Euler, CFG scale: 7.5, Seed: 123, Size: 64x64, Model hash: 1a2b3c4d5e, ...
 
 A value holding a comma, colon or newline is JSON-quoted, as A1111 does, so tools that read
-A1111 PNGs read ours. This module is the one home of that format; it does not generate.
+A1111 PNGs read ours. `request_fields` maps a parsed text (ours or A1111's) back to
+GenerationRequest arguments, with a note for each value the studio cannot use. This module is the
+one home of that format; it does not generate.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from studio import __version__
+from studio import __version__, schedulers
+from studio.errors import StudioError
+from studio.requests import MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, number, whole_number
 
 KEY = "parameters"
 NEGATIVE = "Negative prompt:"
@@ -51,6 +55,9 @@ def format_parameters(result, seed: int) -> str:
         "Model hash": result.model_hash,
         "Model": Path(result.model).name or result.model,
     }
+    if len(result.seeds) > 1:  # as A1111 writes them: the batch, and this image's place in it
+        fields["Batch size"] = len(result.seeds)
+        fields["Batch pos"] = result.seeds.index(seed)
     if r.is_img2img:
         fields["Denoising strength"] = r.strength
     if r.clip_skip:
@@ -95,3 +102,90 @@ def read_parameters(image: Image.Image) -> str | None:
     if text is None and hasattr(image, "text"):
         text = image.text.get(KEY)
     return text
+
+
+# A1111 field -> (GenerationRequest argument, lowest, highest, whole number?); strength excludes 0.
+NUMERIC_FIELDS = {
+    "Steps": ("num_inference_steps", 1, MAX_STEPS, True),
+    "CFG scale": ("guidance_scale", 0.0, MAX_GUIDANCE, False),
+    "Seed": ("seed", 0, MAX_SEED, True),
+    "Batch size": ("num_images_per_prompt", 1, MAX_BATCH, True),
+    "Denoising strength": ("strength", 0.0, 1.0, False),
+    "Clip skip": ("clip_skip", 1, 12, True),
+}
+
+
+def checked_value(field: str, text: str):
+    """The number in `text` for the A1111 `field`; StudioError naming the argument if out of range."""
+    name, low, high, whole = NUMERIC_FIELDS[field]
+    try:
+        value = to_number(text)
+    except ValueError:
+        raise StudioError(f"{name}={text!r} is not a number.") from None
+    if whole:
+        whole_number(name, value, low, high)
+        return int(value)
+    number(name, value, low, high, low_open=name == "strength")
+    return float(value)
+
+
+def to_number(text: str) -> int | float:
+    """"20" -> 20, "7.5" -> 7.5; ValueError for anything else (A1111 writes plain decimals)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def sampler_name(values: dict[str, str]) -> str:
+    """The sampler, joined with A1111's separate "Schedule type" (>= 1.9): DPM++ 2M + Karras."""
+    name = values["Sampler"].strip()
+    schedule = values.get("Schedule type", "").strip()
+    if schedule and schedule.lower() not in ("automatic", "uniform") and not name.endswith(schedule):
+        name = f"{name} {schedule}"
+    return name
+
+
+def request_fields(values: dict[str, str]) -> tuple[dict, list[str]]:
+    """GenerationRequest arguments from `parse_parameters`' output, and a note per unusable value.
+
+    A value that is missing or cannot be used is left out of the arguments (a UI keeps what it
+    had), and its note names the field and the value. Without "Batch size" the batch is 1, as
+    A1111 writes it only for batches."""
+    fields = {"prompt": values.get("Prompt", ""), "negative_prompt": values.get("Negative prompt", "")}
+    notes: list[str] = []
+    settings = [k for k in values if k not in ("Prompt", "Negative prompt")]
+    if settings and "Batch size" not in values:
+        fields["num_images_per_prompt"] = 1
+    for field in [f for f in NUMERIC_FIELDS if f in values]:
+        try:
+            fields[NUMERIC_FIELDS[field][0]] = checked_value(field, values[field])
+        except StudioError as exc:
+            notes.append(f"{field}: {values[field]!r} cannot be used: {exc} It was left as it was.")
+    if "Size" in values:
+        fields.update(size_fields(values["Size"], notes))
+    if "Sampler" in values:
+        name = sampler_name(values)
+        if name in schedulers.NAMES:
+            fields["scheduler"] = name
+        else:
+            notes.append(f"Sampler: {name!r} is not a sampler this studio has (it has "
+                         f"{', '.join(schedulers.NAMES)}). It was left as it was.")
+    return fields, notes
+
+
+def size_fields(text: str, notes: list[str]) -> dict:
+    """{"width": w, "height": h} from "WxH", or {} and a note."""
+    match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text)
+    if match is None:
+        notes.append(f"Size: {text!r} cannot be used (expected WIDTHxHEIGHT, like 512x512). "
+                     "Width and height were left as they were.")
+        return {}
+    sizes = {}
+    for name, value in zip(("width", "height"), map(int, match.groups())):
+        if MIN_SIDE <= value <= MAX_SIDE and value % 8 == 0:
+            sizes[name] = value
+        else:
+            notes.append(f"Size: {name}={value} cannot be used (expected a multiple of 8 from "
+                         f"{MIN_SIDE} to {MAX_SIDE}). The {name} was left as it was.")
+    return sizes

@@ -9,13 +9,13 @@ import gradio as gr
 
 from studio.config import Settings
 from studio.outputs import OutputWriter
-from studio.ui import generate_tab, settings_panel, viewer_tab
+from studio.ui import generate_tab, history_tab, pnginfo_tab, settings_panel, viewer_tab
 
 TITLE = "Diffusion Studio"
 # Small models make small pictures: show them enlarged with crisp pixels, not blurred.
 CSS = """
 .studio-picture img { image-rendering: pixelated; object-fit: contain; width: 100%; height: 100%; }
-#txt2img-gallery img, #img2img-gallery img, #viewer-filmstrip img { image-rendering: pixelated; object-fit: contain !important; max-height: 100%; }
+#txt2img-gallery img, #img2img-gallery img, #viewer-filmstrip img, #history-gallery img { image-rendering: pixelated; object-fit: contain !important; max-height: 100%; }
 """
 DEFAULT_PROMPT = "a small red circle at the top left on a blue background"
 
@@ -26,14 +26,20 @@ def build_demo(manager, settings: Settings) -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\nWatch noise turn into a picture. Hover a control to see what it does.")
         settings_panel.build(manager, settings)
         runs = gr.State([])          # this session's results, newest last (the viewer's history)
+        run_files = gr.State([])     # each of those runs' PNG paths, side by side with `runs`
         last_image = gr.State(None)  # path of the newest picture, for "use the last result"
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img", elem_id="tab-txt2img"):
-                generate_tab.build("txt2img", manager, writer, DEFAULT_PROMPT, runs, last_image)
+                txt2img = generate_tab.build("txt2img", manager, writer, DEFAULT_PROMPT, runs, run_files,
+                                             last_image)
             with gr.Tab("Image to image", id="img2img", elem_id="tab-img2img"):
-                generate_tab.build("img2img", manager, writer, "a large blue square in the center", runs,
-                                   last_image)
+                img2img = generate_tab.build("img2img", manager, writer, "a large blue square in the center",
+                                             runs, run_files, last_image)
             with gr.Tab("Denoising viewer", id="viewer", elem_id="tab-viewer"):
-                viewer_tab.build(manager, runs, last_image)
+                viewer = viewer_tab.build(manager, runs, last_image)
+            with gr.Tab("History", id="history", elem_id="tab-history"):
+                history_tab.build(manager, runs, run_files, txt2img, img2img, viewer, tabs)
+            with gr.Tab("PNG info", id="pnginfo", elem_id="tab-pnginfo"):
+                pnginfo_tab.build(manager, txt2img, img2img, tabs)
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=1)
     return demo

@@ -31,8 +31,11 @@ stops: dict[str, threading.Event] = {}
 
 
 def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: gr.State,
-          last_image: gr.State) -> dict:
-    """Lay out one generation tab; returns its components by name for other tabs to use."""
+          run_files: gr.State, last_image: gr.State) -> dict:
+    """Lay out one generation tab; returns its components by name for other tabs to use.
+
+    `runs` (results) and `run_files` (each result's PNG paths) are the session's history, kept
+    side by side and cut to HISTORY_LIMIT together."""
     tab = "txt2img" if mode == "txt2img" else "img2img"
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
@@ -58,7 +61,7 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
             info = gr.Markdown(elem_id=f"{tab}-info")
     last_seed = gr.State(-1)
 
-    def run(request: gr.Request, history, *values, progress=gr.Progress()):
+    def run(request: gr.Request, history, files, *values, progress=gr.Progress()):
         stop_flag = stops.setdefault(request.session_hash, threading.Event())
         stop_flag.clear()
         generation = request_from(mode, values)
@@ -66,17 +69,17 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
         # Yield at every step, preview or not: Gradio's Stop takes effect at a yield.
         for picture, result in common.run_stream(manager.stream(generation, stop_flag), progress):
             if result is None:
-                yield picture if picture is not None else gr.skip(), gr.skip(), gr.skip(), gr.skip(), \
-                    gr.skip(), gr.skip()
+                yield picture if picture is not None else gr.skip(), *[gr.skip()] * 6
             else:
                 final = result
         if final is not None:
             paths = writer.write(final)
             history = (history + [final])[-HISTORY_LIMIT:]
-            yield gr.skip(), paths, common.describe_result(final), final.seeds[0], history, paths[0]
+            files = (files + [paths])[-HISTORY_LIMIT:]
+            yield gr.skip(), paths, common.describe_result(final), final.seeds[0], history, paths[0], files
 
-    inputs = [runs] + panel.inputs() + ([image, strength] if mode == "img2img" else [])
-    generate.click(run, inputs=inputs, outputs=[preview, gallery, info, last_seed, runs, last_image],
+    inputs = [runs, run_files] + panel.inputs() + ([image, strength] if mode == "img2img" else [])
+    generate.click(run, inputs=inputs, outputs=[preview, gallery, info, last_seed, runs, last_image, run_files],
                            api_name=tab, concurrency_id=common.GPU, concurrency_limit=1)
     def stop_run(request: gr.Request) -> None:
         """Stop this session's run at its next step; the run then ends normally and says so.

@@ -77,7 +77,7 @@ def history_choices(runs: list):
     return gr.update(choices=choices, value=len(runs) - 1 if runs else None)
 
 
-def build(manager, runs: gr.State, last_image: gr.State) -> None:
+def build(manager, runs: gr.State, last_image: gr.State) -> dict:
     gr.Markdown("Every step of a run, after the run. **Left:** the noisy latents x_t entering the step. "
                 "**Right:** what the model predicts the clean picture x0 to be at that step.")
     with gr.Row():
@@ -118,6 +118,7 @@ def build(manager, runs: gr.State, last_image: gr.State) -> None:
                    api_visibility="private", **gpu)
     export_button.click(do_export, inputs=[runs, choice, decoder], outputs=[gif, sheet],
                         api_name="viewer_export", **gpu)
+    return {"run": choice, "decoder": decoder, "shown": shown}  # for the History tab's "Open in viewer"
 
 
 def forward_section(manager, last_image: gr.State) -> None:

@@ -1,0 +1,109 @@
+"""The "PNG info" tab: drop a PNG, read the settings that made it, send them to txt2img or img2img.
+
+It reads the AUTOMATIC1111 "parameters" text of our PNGs and of A1111's; studio.metadata parses
+it and maps it to GenerationRequest arguments, so this module only shows fields and fills the
+generation tabs. A value the studio cannot use (an unknown sampler, steps out of range) is a
+warning naming the field and the value, and that control keeps what it had. `fill` also serves
+the History tab's "Send to img2img".
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image, UnidentifiedImageError
+
+from studio import metadata
+
+# The parameter panel's controls that a PNG fills, by their GenerationRequest names.
+SENT_FIELDS = ["prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "width", "height",
+               "scheduler", "num_images_per_prompt", "seed"]
+HEADERS = ["Field", "Value"]
+
+
+def parameters_of(path) -> str | None:
+    """The parameters text of the picture at `path`, or None; gr.Error if it is not a picture."""
+    try:
+        with Image.open(path) as image:
+            return metadata.read_parameters(image)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise gr.Error(f"image={Path(path).name!r} is not a picture this studio can open ({exc}).") from exc
+
+
+def png_info(path, manager=None):
+    """(parameters text, [[field, value], ...], notes) for the PNG at `path`."""
+    if path is None:
+        return "", [], ""
+    text = parameters_of(path)
+    if text is None:
+        return "", [], "This picture carries no `parameters` text (A1111 or Diffusion Studio settings)."
+    values = metadata.parse_parameters(text)
+    _, notes = metadata.request_fields(values)
+    if manager is not None and values.get("Model"):
+        loaded = Path(manager.info.name).name
+        if values["Model"] != loaded:
+            notes.append(f"Made with the model {values['Model']!r}; the studio has {loaded!r} loaded, so "
+                         "the same settings will give a different picture.")
+    return text, [[k, v] for k, v in values.items()], "\n".join(f"- ⚠️ {note}" for note in notes)
+
+
+def fill(path, target: str, with_picture: bool) -> list:
+    """Values for the `target` tab's controls (SENT_FIELDS, then picture and strength if
+    `with_picture`), then the Tabs update that switches to it. Unusable values: gr.Warning, skipped."""
+    if path is None:
+        raise gr.Error("image: drop or upload a PNG first.")
+    text = parameters_of(path)
+    if text is not None:
+        fields, notes = metadata.request_fields(metadata.parse_parameters(text))
+    elif with_picture:
+        fields, notes = {}, ["This picture carries no parameters text: only the picture was sent."]
+    else:
+        raise gr.Error(f"image={Path(path).name!r} carries no parameters text: nothing to send.")
+    for note in notes:
+        gr.Warning(note)
+    if "clip_skip" in fields:
+        gr.Warning(f"Clip skip: {fields['clip_skip']} has no control in this UI (the CLI has --clip-skip); "
+                   "runs from here use the model's own text encoder output.")
+    values = [fields.get(name, gr.skip()) for name in SENT_FIELDS]
+    if with_picture:
+        values += [path, fields.get("strength", gr.skip())]
+    return [*values, gr.Tabs(selected=target)]
+
+
+def targets(tab: dict, with_picture: bool) -> list:
+    """The controls `fill` writes, in its order, from a generation tab's components."""
+    controls = [getattr(tab["panel"], name) for name in SENT_FIELDS]
+    return controls + ([tab["image"], tab["strength"]] if with_picture else [])
+
+
+def build(manager, txt2img: dict, img2img: dict, tabs: gr.Tabs) -> dict:
+    gr.Markdown("Drop a PNG made by this studio or by AUTOMATIC1111 to read the settings that made it, "
+                "then send them to a generation tab.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4):
+            image = gr.Image(label="PNG", type="filepath", image_mode=None, sources=["upload"],
+                             elem_id="pnginfo-image", elem_classes="studio-picture", height=256)
+            with gr.Row():
+                to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo-to-txt2img")
+                to_img2img = gr.Button("Send to img2img", elem_id="pnginfo-to-img2img")
+        with gr.Column(scale=6):
+            fields = gr.Dataframe(headers=HEADERS, label="Parameters", interactive=False, wrap=True,
+                                  column_widths=["30%", "70%"], elem_id="pnginfo-fields")
+            notes = gr.Markdown(elem_id="pnginfo-notes")
+            text = gr.Textbox(label="Parameters text", lines=4, interactive=False, elem_id="pnginfo-text")
+
+    def read(path):
+        return png_info(path, manager)
+
+    def send_txt2img(path):
+        return fill(path, "txt2img", with_picture=False)
+
+    def send_img2img(path):
+        return fill(path, "img2img", with_picture=True)
+
+    image.change(read, inputs=image, outputs=[text, fields, notes], api_name="png_info", queue=False)
+    to_txt2img.click(send_txt2img, inputs=image, outputs=[*targets(txt2img, False), tabs],
+                     api_visibility="private", queue=False)
+    to_img2img.click(send_img2img, inputs=image, outputs=[*targets(img2img, True), tabs],
+                     api_visibility="private", queue=False)
+    return {"image": image, "fields": fields}
