@@ -241,15 +241,15 @@ def run_sweep(manager, plan: SweepPlan, writer=None, on_progress=None,
     cancel = cancel or threading.Event()
     results, paths, cancelled = [], [], False
     for index, request in enumerate(plan.requests):
-        if cancel.is_set():
-            cancelled = True
-            break
         report = None
         if on_progress is not None:
             on_progress(index, len(plan.requests), 0, request.steps_to_run())
 
             def report(step, total, _picture, index=index):
                 on_progress(index, len(plan.requests), step, total)
+        if cancel.is_set():
+            cancelled = True
+            break
         try:
             result = manager.generate(request, on_step=report, cancel=cancel)
         except GenerationCancelled:
