@@ -16,14 +16,30 @@ MAX_UPLOAD = "25mb"
 
 
 def launch_options(settings: Settings) -> dict:
+    """What `demo.launch` gets: where to serve, who may sign in, and the server's limits."""
     from studio.ui import CSS, TITLE
 
     options = {"server_name": settings.host, "server_port": settings.port, "css": CSS,
                "allowed_paths": [str(settings.output_root())],
-               "auth": settings.auth_pair(), "max_file_size": MAX_UPLOAD, "show_error": True}
+               "auth": settings.auth_pair(), "max_file_size": MAX_UPLOAD, "show_error": True,
+               # each session's history (trajectories included) stays in memory: keep it bounded
+               "state_session_capacity": settings.max_sessions}
     if settings.auth_pair():
         options["auth_message"] = f"{TITLE}: sign in with the --auth user and password."
     return options
+
+
+def cache_policy(settings: Settings) -> tuple[int, int]:
+    """Gradio's delete_cache (every `frequency` s, delete cached files older than `age` s): without
+    it, every upload and every served picture stays in Gradio's cache folder until a restart."""
+    age = settings.cache_max_age
+    return max(1, min(age // 2, 600)), age
+
+
+def prepare(demo, settings: Settings):
+    """Server options that live on the Blocks rather than in launch(); call before launching."""
+    demo.delete_cache = cache_policy(settings)
+    return demo
 
 
 def warn_public(settings: Settings) -> None:
@@ -35,6 +51,7 @@ def warn_public(settings: Settings) -> None:
 def launch(demo, settings: Settings, block: bool = True):
     """Start the server; with --share, a failed tunnel leaves the local server running."""
     warn_public(settings)
+    prepare(demo, settings)
     options = launch_options(settings)
     if not settings.share:
         return demo.launch(prevent_thread_lock=not block, **options)

@@ -39,6 +39,8 @@ class Settings:
     no_save: bool = False
     allowed_models: tuple[str, ...] = ()  # public mode: only these may be loaded from the UI/API
     max_queue: int = 16
+    max_sessions: int = 200            # sessions whose state (history) the server keeps in memory
+    cache_max_age: int = 3600          # seconds Gradio's cached files live before they are pruned
 
     def output_root(self) -> Path:
         """Where finished PNGs go: --outputs, or with --no-save a temporary folder of this process
@@ -119,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", dest="no_save", action="store_false", help="write images to --outputs, also on a Space")
     p.add_argument("--allowed-models", type=comma_list, default=d["allowed_models"], help="comma-separated models the UI may switch to")
     p.add_argument("--max-queue", type=int, default=d["max_queue"], help="requests waiting at most; more get 'queue full'")
+    p.add_argument("--max-sessions", type=int, default=d["max_sessions"], help="sessions whose history is kept in memory; the oldest are dropped")
+    p.add_argument("--cache-max-age", type=int, default=d["cache_max_age"], help="seconds before Gradio's cached uploads and results are deleted")
     return p
 
 
@@ -126,4 +130,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     args = build_parser().parse_args(argv)
     settings = Settings(**vars(args))
     settings.auth_pair()  # fail early on a malformed --auth
+    for name in ("max_queue", "max_sessions", "cache_max_age"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(settings, name)} must be at least 1")
     return settings

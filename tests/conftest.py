@@ -6,6 +6,7 @@ or the bundled models/tiny-shapes model.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -92,15 +93,24 @@ def app_server(bundled_manager, tmp_path_factory):
 
     Yields (url, settings); the server stops at the end of the session.
     """
-    from app import launch_options
-    from studio.ui import build_demo
-
     settings = Settings(model=DEFAULT_MODEL, port=free_port(),
                         outputs=str(tmp_path_factory.mktemp("app-outputs")))
-    demo = build_demo(bundled_manager, settings)
-    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
+    with serve(bundled_manager, settings) as url:
+        yield url, settings
+
+
+@contextlib.contextmanager
+def serve(manager, settings: Settings):
+    """The studio's app for `manager` and `settings`, launched as app.py launches it, but always
+    on 127.0.0.1 (settings may still say public, e.g. host 0.0.0.0). Yields the URL."""
+    from app import launch_options, prepare
+    from studio.ui import build_demo
+
+    demo = prepare(build_demo(manager, settings), settings)
+    options = {**launch_options(settings), "server_name": "127.0.0.1"}
+    demo.launch(prevent_thread_lock=True, quiet=True, **options)
     try:
-        yield f"http://127.0.0.1:{settings.port}/", settings
+        yield f"http://127.0.0.1:{settings.port}/"
     finally:
         demo.close()
 
