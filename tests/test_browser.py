@@ -7,13 +7,19 @@ go to tests/artifacts/. The browser is the system's /usr/bin/chromium: nothing i
 """
 from __future__ import annotations
 
+import io
 import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
+
+from studio import metadata
+from studio.outputs import OutputWriter
+from studio.requests import GenerationRequest
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -143,3 +149,98 @@ def test_stop_ends_a_long_run_and_the_next_generate_works(page):
     expect(page.locator("#txt2img-info")).to_contain_text("5 steps")
     assert time.monotonic() - started < GENERATION_SECONDS
     expect(page.locator("#txt2img-gallery [data-testid=status-tracker]")).to_have_class(re.compile(r"\bhide\b"))
+
+
+def drop_file(page: Page, selector: str, path: Path, mime: str = "image/png") -> None:
+    """Drag a file from the desktop onto `selector`, as a person would: a real `drop` event."""
+    data = list(path.read_bytes())
+    transfer = page.evaluate_handle(
+        "([name, bytes, mime]) => { const t = new DataTransfer();"
+        " t.items.add(new File([new Uint8Array(bytes)], name, {type: mime})); return t; }",
+        [path.name, data, mime])
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
+def picture_pixels(page: Page, selector: str) -> np.ndarray:
+    """The pixels of the picture an <img> under `selector` shows, fetched as the browser did."""
+    image = page.locator(f"{selector} img").first
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    response = page.request.get(image.get_attribute("src"))
+    return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+
+
+def expect_tab_selected(page: Page, tab: str) -> None:
+    expect(page.locator(f"#tab-{tab}-button")).to_have_attribute("aria-selected", "true")
+
+
+def generate_in_txt2img(page: Page, prompt: str, steps: int, seed: int) -> None:
+    page.fill("#txt2img-prompt textarea", prompt)
+    set_number(page, "txt2img-steps", steps)
+    seed_box = page.locator("#txt2img-seed input")
+    seed_box.fill(str(seed))
+    seed_box.press("Enter")
+    page.click("#txt2img-generate")
+    expect_loaded_image(page, "#txt2img-gallery")
+    expect(page.locator("#txt2img-info")).to_contain_text(f"Seed:** {seed}".replace("**", ""))
+
+
+def test_a_studio_png_dropped_on_png_info_fills_txt2img(page, bundled_manager, artifacts, tmp_path):
+    made = bundled_manager.generate(GenerationRequest(
+        prompt="a large green square at the bottom right", negative_prompt="red", num_inference_steps=13,
+        guidance_scale=5.5, scheduler="Euler a", seed=4321))
+    [png] = OutputWriter(tmp_path).write(made)
+
+    page.click("#tab-pnginfo-button")
+    drop_file(page, "#pnginfo-image button[aria-label*=Drop]", Path(png))
+    fields = page.locator("#pnginfo-fields")
+    expect(fields).to_contain_text("a large green square at the bottom right")
+    expect(fields).to_contain_text("Euler a")
+    expect(page.locator("#pnginfo-text textarea")).to_have_value(re.compile(r"Seed: 4321"))
+    page.screenshot(path=artifacts / "pnginfo.png", full_page=True)
+
+    page.click("#pnginfo-to-txt2img")
+    expect_tab_selected(page, "txt2img")
+    expect(page.locator("#txt2img-prompt textarea")).to_have_value("a large green square at the bottom right")
+    expect(page.locator("#txt2img-negative-prompt textarea")).to_have_value("red")
+    expect(page.locator("#txt2img-seed input")).to_have_value("4321")
+    expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("13")
+    expect(page.locator("#txt2img-guidance input[type=number]")).to_have_value("5.5")
+    expect(page.locator("#txt2img-scheduler input")).to_have_value("Euler a")
+    page.screenshot(path=artifacts / "pnginfo-sent-to-txt2img.png", full_page=True)
+
+
+def drag_slider_to(page: Page, elem_id: str, fraction: float) -> int:
+    """Scrub: press on the slider's track and drag to `fraction` of its width; the value it shows."""
+    track = page.locator(f"#{elem_id} input[type=range]")
+    box = track.bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.5, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * fraction, y, steps=8)
+    page.mouse.up()
+    return int(page.locator(f"#{elem_id} input[type=number]").input_value())
+
+
+def test_scrubbing_the_viewer_slider_shows_other_steps(page, artifacts):
+    generate_in_txt2img(page, "a small red circle at the top left on a blue background", steps=12, seed=3)
+    page.click("#tab-viewer-button")
+    page.click("#viewer-load")
+    caption = page.locator("#viewer-caption")
+    expect(caption).to_contain_text("Step 12 of 12")
+    fast_src = page.locator("#viewer-xt img").first.get_attribute("src")
+    page.locator("#viewer-decoder").get_by_text("Full VAE").click()  # x_t as the VAE decodes it
+    expect(page.locator("#viewer-xt img").first).not_to_have_attribute("src", fast_src)
+    last = picture_pixels(page, "#viewer-xt")
+
+    shown = []
+    for fraction, name in ((0.15, "viewer-scrub-early.png"), (0.6, "viewer-scrub-middle.png")):
+        step = drag_slider_to(page, "viewer-step", fraction)
+        expect(caption).to_contain_text(f"Step {step} of 12")
+        expect(page.locator("#viewer-xt [data-testid=status-tracker]")).to_have_class(re.compile(r"\bhide\b"))
+        shown.append((step, picture_pixels(page, "#viewer-xt")))
+        page.screenshot(path=artifacts / name, full_page=True)
+    (early, early_xt), (middle, middle_xt) = shown
+    assert early < middle < 12, (early, middle)
+    # Scrubbing toward the end shows x_t with less noise: closer to the last step's picture.
+    distance = [np.abs(xt.astype(float) - last).mean() for xt in (early_xt, middle_xt)]
+    assert distance[0] > distance[1] > 0, distance
