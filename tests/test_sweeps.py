@@ -232,14 +232,37 @@ def event_values(x_kind="guidance_scale", x_text="1, 9", y_kind="seed", y_text="
 
 def test_the_tab_event_returns_the_grid_the_singles_and_the_history(tab):
     session = types.SimpleNamespace(session_hash="sweep-test")
-    grid_path, singles, info, history, last = tab["run"](session, [], *event_values())
+    grid_path, singles, info, history, last, seed = tab["run"](session, [], *event_values())
     assert Image.open(grid_path).info["parameters"].endswith('Y Type: Seed, Y Values: 3-4')
     assert [label for _, label in singles] == ["CFG scale: 1 · Seed: 3", "CFG scale: 9 · Seed: 3",
                                               "CFG scale: 1 · Seed: 4", "CFG scale: 9 · Seed: 4"]
-    assert len(history) == 4 and last == singles[-1][0] and "4 of 4 cells" in info
+    assert len(history) == 4 and last == singles[-1][0] and "4 of 4 cells" in info and seed == 11
 
 
 def test_the_tab_event_turns_a_bad_value_into_a_gradio_error(tab):
     session = types.SimpleNamespace(session_hash="sweep-test")
     with pytest.raises(gr.Error, match=r"X axis: guidance_scale='lots' is not allowed"):
         tab["run"](session, [], *event_values(x_text="1, lots"))
+
+
+def test_the_xy_plot_api_round_trip_returns_a_labelled_grid(manager, tmp_path):
+    from gradio_client import Client
+
+    from studio.ui import sweep_tab
+    from tests.conftest import free_port
+
+    with gr.Blocks() as demo:
+        sweep_tab.build(manager, OutputWriter(tmp_path), gr.State([]), gr.State(None))
+    demo.queue()
+    port = free_port()
+    demo.launch(server_port=port, prevent_thread_lock=True, quiet=True, allowed_paths=[str(tmp_path)])
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        grid, singles, info = client.predict(*event_values(y_kind="nothing", y_text=""), api_name="/xy_plot")
+        with pytest.raises(Exception, match=r"Y axis: seed='x' is not allowed"):
+            client.predict(*event_values(y_text="x"), api_name="/xy_plot")
+    finally:
+        demo.close()
+    picture = Image.open(grid)
+    assert picture.size == (2 * (192 + sweeps.GAP), picture.height) and picture.height > 192 + sweeps.GAP
+    assert "X Type: CFG scale" in picture.info["parameters"] and len(singles) == 2 and "2 of 2 cells" in info

@@ -68,11 +68,13 @@ def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State) -
                 strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Strength (denoising strength)",
                                      elem_id="xyplot-strength")
         with gr.Column(scale=6):
-            grid = gr.Image(label="X/Y plot", interactive=False, elem_classes="studio-picture", format="png",
-                            type="filepath", elem_id="xyplot-grid", height=480)
+            # not "studio-picture": the tiles are already enlarged crisply, and the labels are text
+            grid = gr.Image(label="X/Y plot", interactive=False, format="png", type="filepath",
+                            elem_id="xyplot-grid", height=480)
             info = gr.Markdown(elem_id="xyplot-info")
             gallery = gr.Gallery(label="Single images", format="png", columns=6, height=300, preview=False,
                                  elem_id="xyplot-gallery", interactive=False, object_fit="contain")
+    last_seed = gr.State(-1)
 
     def run(request: gr.Request, history, *values, progress=gr.Progress()):
         *panel_values, picture, strength_, x_kind, x_text, y_kind, y_text = values
@@ -93,7 +95,7 @@ def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State) -
             sweep = sweeps.run_sweep(manager, plan, writer=writer, on_progress=report, cancel=stop_flag)
         except GenerationCancelled as exc:
             gr.Info(str(exc))
-            return gr.skip(), gr.skip(), str(exc), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), str(exc), gr.skip(), gr.skip(), gr.skip()
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
         for warning in {w for result in sweep.results for w in result.warnings}:
@@ -101,16 +103,18 @@ def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State) -
         history = (history + sweep.results)[-generate_tab.HISTORY_LIMIT:]
         singles = [(path, plan.cell_label(i // plan.base.num_images_per_prompt))
                    for i, path in enumerate(sweep.paths)]
-        return sweep.grid_path, singles, describe_sweep(sweep), history, sweep.paths[-1]
+        return sweep.grid_path, singles, describe_sweep(sweep), history, sweep.paths[-1], plan.base.seed
 
     def stop_run(request: gr.Request) -> None:
         """Stop this session's plot: the running cell at its next step, and no further cells."""
         stops.setdefault(request.session_hash, threading.Event()).set()
 
     inputs = [runs, *panel.inputs(), image, strength, x_type, x_values, y_type, y_values]
-    generate.click(run, inputs=inputs, outputs=[grid, gallery, info, runs, last_image], api_name="xy_plot",
+    generate.click(run, inputs=inputs, outputs=[grid, gallery, info, runs, last_image, last_seed], api_name="xy_plot",
                    concurrency_id=common.GPU, concurrency_limit=1)
     stop.click(stop_run, api_visibility="private", queue=False)
+    panel.reuse_seed.click(generate_tab.reuse, inputs=last_seed, outputs=panel.seed, api_visibility="private",
+                           queue=False)
     for kind, box in ((x_type, x_values), (y_type, y_values)):
         kind.change(axis_hint, inputs=kind, outputs=box, api_visibility="private", queue=False)
     return {"panel": panel, "image": image, "strength": strength, "x_type": x_type, "x_values": x_values,
