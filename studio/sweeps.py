@@ -45,6 +45,7 @@ RANGE = re.compile(rf"^({NUMBER})\s*-\s*({NUMBER})\s*(?:\(\s*({NUMBER})\s*\)|\[\
 
 MIN_TILE = 192      # small pictures are enlarged by a whole factor (NEAREST) to at least this
 FONT_SIZE = 16
+LINE_HEIGHT = FONT_SIZE + 4
 PAD = 6             # around label text
 GAP = 4             # between tiles
 
@@ -316,36 +317,39 @@ def wrap(draw: ImageDraw.ImageDraw, text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
+def draw_lines(draw: ImageDraw.ImageDraw, lines: list[str], centre_x: float, middle_y: float) -> None:
+    """A block of text lines, centred on (centre_x, middle_y)."""
+    for i, line in enumerate(lines):
+        top = middle_y - len(lines) * LINE_HEIGHT / 2 + i * LINE_HEIGHT
+        draw.text((centre_x, top), line, fill="black", font=font(), anchor="ma")
+
+
 def draw_grid(plan: SweepPlan, pictures: list[Image.Image]) -> Image.Image:
     """Tiles row by row (missing ones grey), X labels along the top, Y labels down the left."""
+    # 1. Tiles: enlarged by a whole factor with NEAREST, so small pictures stay crisp
     width, height = pictures[0].size
     scale = max(1, math.ceil(MIN_TILE / max(width, height)))
     tile_w, tile_h = width * scale, height * scale
+    # 2. Room for labels: X labels wrapped to a tile's width; Y labels in a column on the left
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    line_h = FONT_SIZE + 4
     top_lines = [wrap(probe, plan.x.describe(v), tile_w - 2 * PAD) for v in plan.x.values]
     widest = max(probe.textlength(plan.y.describe(v), font=font()) for v in plan.y.values)
-    left_w = 0 if plan.y.kind == NOTHING else int(min(max(widest + 4 * PAD, 80), max(tile_w, 160)))
-    left_lines = [wrap(probe, plan.y.describe(v), left_w - 2 * PAD) for v in plan.y.values]
-    top = 0 if plan.x.kind == NOTHING else max(len(lines) for lines in top_lines) * line_h + 2 * PAD
-    grid = Image.new("RGB", (left_w + plan.columns * (tile_w + GAP), top + plan.rows * (tile_h + GAP)), "white")
+    left = 0 if plan.y.kind == NOTHING else int(min(max(widest + 4 * PAD, 80), max(tile_w, 160)))
+    left_lines = [wrap(probe, plan.y.describe(v), left - 2 * PAD) for v in plan.y.values]
+    top = 0 if plan.x.kind == NOTHING else max(map(len, top_lines)) * LINE_HEIGHT + 2 * PAD
+    grid = Image.new("RGB", (left + plan.columns * (tile_w + GAP), top + plan.rows * (tile_h + GAP)), "white")
     draw = ImageDraw.Draw(grid)
+    # 3. The tiles, then the labels
     for index in range(plan.columns * plan.rows):
         row, column = divmod(index, plan.columns)
-        x, y = left_w + column * (tile_w + GAP), top + row * (tile_h + GAP)
+        x, y = left + column * (tile_w + GAP), top + row * (tile_h + GAP)
         if index < len(pictures):
             grid.paste(pictures[index].convert("RGB").resize((tile_w, tile_h), Image.Resampling.NEAREST), (x, y))
         else:  # not run (stopped)
             draw.rectangle((x, y, x + tile_w - 1, y + tile_h - 1), fill=(225, 225, 225))
             draw.text((x + tile_w / 2, y + tile_h / 2), "not run", fill="grey", font=font(), anchor="mm")
     for column, lines in enumerate(top_lines if top else []):
-        centre = left_w + column * (tile_w + GAP) + tile_w / 2
-        block = len(lines) * line_h
-        for i, line in enumerate(lines):
-            draw.text((centre, (top - block) / 2 + i * line_h), line, fill="black", font=font(), anchor="ma")
-    for row, lines in enumerate(left_lines if left_w else []):
-        middle = top + row * (tile_h + GAP) + tile_h / 2
-        for i, line in enumerate(lines):
-            draw.text((left_w / 2, middle - len(lines) * line_h / 2 + i * line_h), line, fill="black",
-                      font=font(), anchor="ma")
+        draw_lines(draw, lines, left + column * (tile_w + GAP) + tile_w / 2, top / 2)
+    for row, lines in enumerate(left_lines if left else []):
+        draw_lines(draw, lines, left / 2, top + row * (tile_h + GAP) + tile_h / 2)
     return grid
