@@ -244,3 +244,53 @@ def test_scrubbing_the_viewer_slider_shows_other_steps(page, artifacts):
     # Scrubbing toward the end shows x_t with less noise: closer to the last step's picture.
     distance = [np.abs(xt.astype(float) - last).mean() for xt in (early_xt, middle_xt)]
     assert distance[0] > distance[1] > 0, distance
+
+
+def test_a_history_picture_opens_in_the_viewer_and_goes_to_img2img(page, artifacts):
+    generate_in_txt2img(page, "a large yellow triangle on a purple background", steps=6, seed=11)
+    generate_in_txt2img(page, "a small red circle at the top left on a blue background", steps=4, seed=22)
+
+    page.click("#tab-history-button")
+    thumbnails = page.locator("#history-gallery .thumbnail-item")
+    expect(thumbnails).to_have_count(2)
+    thumbnails.nth(1).click()  # newest first: the older run, 6 steps, seed 11
+    expect(page.locator("#history-details")).to_contain_text("seed 11")
+    page.screenshot(path=artifacts / "history.png", full_page=True)
+
+    page.click("#history-open-viewer")
+    expect_tab_selected(page, "viewer")
+    expect(page.locator("#viewer-run input")).to_have_value(re.compile(r"^#1 txt2img: a large yellow"))
+    expect(page.locator("#viewer-caption")).to_contain_text("Step 6 of 6")
+    expect_loaded_image(page, "#viewer-xt")
+    page.screenshot(path=artifacts / "history-open-in-viewer.png", full_page=True)
+
+    page.click("#tab-history-button")
+    page.click("#history-to-img2img")
+    expect_tab_selected(page, "img2img")
+    expect_loaded_image(page, "#img2img-image")
+    expect(page.locator("#img2img-prompt textarea")).to_have_value("a large yellow triangle on a purple background")
+    expect(page.locator("#img2img-seed input")).to_have_value("11")
+    expect(page.locator("#img2img-steps input[type=number]")).to_have_value("6")
+    page.screenshot(path=artifacts / "history-sent-to-img2img.png", full_page=True)
+
+
+def test_a_history_picture_downloads_with_its_parameters_and_its_seed_is_reused(page, tmp_path):
+    generate_in_txt2img(page, "a large blue square in the center", steps=5, seed=77)
+    page.click("#txt2img-random-seed")
+    expect(page.locator("#txt2img-seed input")).to_have_value("-1")
+
+    page.click("#tab-history-button")
+    expect(page.locator("#history-gallery .thumbnail-item")).to_have_count(1)
+    with page.expect_download() as download:
+        page.click("#history-download")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name.endswith("-77.png")
+    with Image.open(saved) as png:
+        parameters = metadata.parse_parameters(metadata.read_parameters(png))
+    assert parameters["Prompt"] == "a large blue square in the center"
+    assert (parameters["Seed"], parameters["Steps"]) == ("77", "5")
+
+    page.click("#history-reuse-seed")
+    expect_tab_selected(page, "txt2img")
+    expect(page.locator("#txt2img-seed input")).to_have_value("77")

@@ -66,7 +66,7 @@ def build(manager, runs: gr.State, run_files: gr.State, txt2img: dict, img2img: 
           tabs: gr.Tabs) -> None:
     gr.Markdown("This session's pictures, newest first (the last 12 runs). Click one, then use it.")
     selected = gr.State(None)  # index into entries(); None: the newest picture
-    gallery = gr.Gallery(label="History", columns=6, height=300, format="png", interactive=False,
+    gallery = gr.Gallery(label="History", columns=6, fit_columns=False, height=300, format="png", interactive=False,
                          allow_preview=False, object_fit="contain", elem_id="history-gallery")
     details = gr.Markdown("No run yet.", elem_id="history-details")
     with gr.Row():
