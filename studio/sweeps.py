@@ -228,9 +228,14 @@ class SweepResult:
     results: list                 # GenerationResult per cell that ran, in plan order
     grid: Image.Image
     parameters: str               # the grid's PNG "parameters" text
-    paths: list[str]              # the single images as written (empty without a writer)
+    files: list[list[str]]        # each result's PNG paths as written (empty without a writer)
     grid_path: str | None = None
     cancelled: bool = False
+
+    @property
+    def paths(self) -> list[str]:
+        """Every single image's path, cell by cell."""
+        return [path for paths in self.files for path in paths]
 
 
 def run_sweep(manager, plan: SweepPlan, writer=None, on_progress=None,
@@ -240,7 +245,7 @@ def run_sweep(manager, plan: SweepPlan, writer=None, on_progress=None,
     Setting `cancel` stops the running cell at its next step and runs no more; the grid then
     shows the cells that finished."""
     cancel = cancel or threading.Event()
-    results, paths, cancelled = [], [], False
+    results, files, cancelled = [], [], False
     for index, request in enumerate(plan.requests):
         report = None
         if on_progress is not None:
@@ -257,11 +262,12 @@ def run_sweep(manager, plan: SweepPlan, writer=None, on_progress=None,
             cancelled = True
             break
         results.append(result)
-        paths += writer.write(result) if writer is not None else []
+        if writer is not None:
+            files.append(writer.write(result))
     if not results:
         raise GenerationCancelled(f"Stopped before the first of {len(plan.requests)} cells finished.")
     grid = draw_grid(plan, [r.images[0] for r in results])
-    sweep = SweepResult(plan, results, grid, grid_parameters(plan, results[0]), paths, cancelled=cancelled)
+    sweep = SweepResult(plan, results, grid, grid_parameters(plan, results[0]), files, cancelled=cancelled)
     if writer is not None:
         sweep.grid_path = save_grid(sweep, writer)
     return sweep

@@ -220,8 +220,8 @@ def tab(manager, tmp_path):
     from studio.ui import sweep_tab
 
     with gr.Blocks():
-        runs, last_image = gr.State([]), gr.State(None)
-        parts = sweep_tab.build(manager, OutputWriter(tmp_path), runs, last_image)
+        runs, run_files, last_image = gr.State([]), gr.State([]), gr.State(None)
+        parts = sweep_tab.build(manager, OutputWriter(tmp_path), runs, last_image, run_files=run_files)
     return parts
 
 
@@ -232,17 +232,22 @@ def event_values(x_kind="guidance_scale", x_text="1, 9", y_kind="seed", y_text="
 
 def test_the_tab_event_returns_the_grid_the_singles_and_the_history(tab):
     session = types.SimpleNamespace(session_hash="sweep-test")
-    grid_path, singles, info, history, last, seed = tab["run"](session, [], *event_values())
+    earlier = ["an earlier run"], [["earlier.png"]]
+    grid_path, singles, info, history, files, last, seed = tab["run"](session, *earlier, *event_values())
     assert Image.open(grid_path).info["parameters"].endswith('Y Type: Seed, Y Values: 3-4')
     assert [label for _, label in singles] == ["CFG scale: 1 · Seed: 3", "CFG scale: 9 · Seed: 3",
                                               "CFG scale: 1 · Seed: 4", "CFG scale: 9 · Seed: 4"]
-    assert len(history) == 4 and last == singles[-1][0] and "4 of 4 cells" in info and seed == 11
+    assert last == singles[-1][0] and "4 of 4 cells" in info and seed == 11
+    # the history keeps each run beside its own files, the earlier run first
+    assert history[0] == "an earlier run" and files[0] == ["earlier.png"]
+    assert [(r.request.guidance_scale, r.seeds[0]) for r in history[1:]] == [(1.0, 3), (9.0, 3), (1.0, 4), (9.0, 4)]
+    assert files[1:] == [[path] for path, _ in singles]
 
 
 def test_the_tab_event_turns_a_bad_value_into_a_gradio_error(tab):
     session = types.SimpleNamespace(session_hash="sweep-test")
     with pytest.raises(gr.Error, match=r"X axis: guidance_scale='lots' is not allowed"):
-        tab["run"](session, [], *event_values(x_text="1, lots"))
+        tab["run"](session, [], [], *event_values(x_text="1, lots"))
 
 
 def test_the_xy_plot_api_round_trip_returns_a_labelled_grid(manager, tmp_path):

@@ -42,8 +42,15 @@ def describe_sweep(sweep: sweeps.SweepResult) -> str:
     return f"{head} · seed {plan.base.seed}{stopped}"
 
 
-def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State) -> dict:
-    """Lay out the X/Y plot tab; returns its components (and the event function, `run`) by name."""
+def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State,
+          run_files: gr.State | None = None) -> dict:
+    """Lay out the X/Y plot tab; returns its components (and the event function, `run`) by name.
+
+    With `run_files` (each run's PNG paths, side by side with `runs`, as generate_tab keeps them)
+    the plot's cells join the session's history; without it they stay out of it, since growing
+    `runs` alone would pair the history's runs with the wrong files."""
+    if run_files is None:
+        runs, run_files = gr.State([]), gr.State([])  # this tab's own, seen by no other tab
     gr.Markdown("Sweep one or two parameters and compare the pictures side by side. Values: "
                 f"{sweeps.VALUE_SYNTAX}. At most {sweeps.MAX_CELLS} cells.")
     with gr.Row(equal_height=False):
@@ -76,7 +83,7 @@ def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State) -
                                  elem_id="xyplot-gallery", interactive=False, object_fit="contain")
     last_seed = gr.State(-1)
 
-    def run(request: gr.Request, history, *values, progress=gr.Progress()):
+    def run(request: gr.Request, history, files, *values, progress=gr.Progress()):
         *panel_values, picture, strength_, x_kind, x_text, y_kind, y_text = values
         stop_flag = stops.setdefault(request.session_hash, threading.Event())
         stop_flag.clear()
@@ -95,23 +102,24 @@ def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State) -
             sweep = sweeps.run_sweep(manager, plan, writer=writer, on_progress=report, cancel=stop_flag)
         except GenerationCancelled as exc:
             gr.Info(str(exc))
-            return gr.skip(), gr.skip(), str(exc), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), str(exc), *[gr.skip()] * 4
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
         for warning in {w for result in sweep.results for w in result.warnings}:
             gr.Warning(warning)
         history = (history + sweep.results)[-generate_tab.HISTORY_LIMIT:]
+        files = (files + sweep.files)[-generate_tab.HISTORY_LIMIT:]
         singles = [(path, plan.cell_label(i // plan.base.num_images_per_prompt))
                    for i, path in enumerate(sweep.paths)]
-        return sweep.grid_path, singles, describe_sweep(sweep), history, sweep.paths[-1], plan.base.seed
+        return sweep.grid_path, singles, describe_sweep(sweep), history, files, sweep.paths[-1], plan.base.seed
 
     def stop_run(request: gr.Request) -> None:
         """Stop this session's plot: the running cell at its next step, and no further cells."""
         stops.setdefault(request.session_hash, threading.Event()).set()
 
-    inputs = [runs, *panel.inputs(), image, strength, x_type, x_values, y_type, y_values]
-    generate.click(run, inputs=inputs, outputs=[grid, gallery, info, runs, last_image, last_seed], api_name="xy_plot",
-                   concurrency_id=common.GPU, concurrency_limit=1)
+    inputs = [runs, run_files, *panel.inputs(), image, strength, x_type, x_values, y_type, y_values]
+    generate.click(run, inputs=inputs, outputs=[grid, gallery, info, runs, run_files, last_image, last_seed],
+                   api_name="xy_plot", concurrency_id=common.GPU, concurrency_limit=1)
     stop.click(stop_run, api_visibility="private", queue=False)
     panel.reuse_seed.click(generate_tab.reuse, inputs=last_seed, outputs=panel.seed, api_visibility="private",
                            queue=False)
