@@ -1,10 +1,12 @@
 """Latents -> pictures for previews and the viewer: the full VAE, a fast linear map, or a tiny AE.
 
 - "full": the model's own VAE, exact and slow.
-- "fast": one linear map from a latent pixel to an RGB pixel, nearly free. It is fitted by least
-  squares for each model: a few synthetic pictures are encoded with the model's own VAE and the
-  map that best takes their latents back to their (downsampled) pixels is kept, per model hash.
-  Known SD and SDXL factor tables are only a fallback if fitting fails.
+- "fast": one linear map, nearly free: each latent pixel's 3x3 neighbourhood gives the f x f
+  block of RGB pixels it covers (a 3x3 convolution and a pixel shuffle), so edges inside a block
+  come out sharp instead of as flat squares. It is fitted by least squares for each model: a
+  few synthetic pictures are encoded with the model's own VAE and the map that best takes their
+  latents back to their full-size pixels is kept, per model hash. The known SD factor table is
+  only a fallback if fitting fails.
 - "tiny": an AutoencoderTiny (TAESD family) given by id or path.
 This module draws nothing on screen; it returns PIL images.
 """
@@ -71,10 +73,9 @@ class PreviewDecoder:
 
     # ----- fast linear map ----------------------------------------------------------------
     def fast(self, model, latents: torch.Tensor) -> list[Image.Image]:
-        weight, bias = self.fast_map(model)  # (c, 3), (3,)
-        rgb = torch.einsum("bchw,cr->brhw", latents.float().cpu(), weight) + bias[None, :, None, None]
-        scale = getattr(model.txt2img, "vae_scale_factor", 8)
-        return [to_pil(image, scale) for image in rgb]
+        kernel, bias = self.fast_map(model)  # (f*f*3, c, k, k), (f*f*3,)
+        rgb = apply_fast_map(latents.float().cpu(), kernel, bias)
+        return [to_pil(image, 1) for image in rgb]
 
     def fast_map(self, model) -> tuple[torch.Tensor, torch.Tensor]:
         if model.hash not in self._fast:
@@ -83,7 +84,7 @@ class PreviewDecoder:
             except (RuntimeError, ValueError) as exc:
                 if model.txt2img.vae.config.latent_channels != 4:
                     raise StudioError(f"The fast preview could not be fitted for this model: {exc}") from exc
-                self._fast[model.hash] = (torch.tensor(SD_FACTORS) * 0.5, torch.full((3,), 0.5))
+                self._fast[model.hash] = factor_table_map(getattr(model.txt2img, "vae_scale_factor", 8))
         return self._fast[model.hash]
 
     # ----- tiny autoencoder ---------------------------------------------------------------
@@ -111,6 +112,22 @@ def to_pil(rgb: torch.Tensor, upscale: int) -> Image.Image:
         if upscale > 1 else image
 
 
+def apply_fast_map(latents: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(b, c, h, w) latents -> (b, 3, f*h, f*w) RGB in [0, 1]."""
+    pad = kernel.shape[-1] // 2
+    padded = torch.nn.functional.pad(latents, (pad,) * 4, mode="replicate")
+    blocks = torch.nn.functional.conv2d(padded, kernel, bias)  # (b, f*f*3, h, w)
+    scale = int(round((kernel.shape[0] / 3) ** 0.5))
+    return torch.nn.functional.pixel_shuffle(blocks, scale)
+
+
+def factor_table_map(scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The published SD 1.x latent -> RGB factors as a 1x1 kernel copied to every sub-pixel."""
+    per_pixel = torch.tensor(SD_FACTORS).T * 0.5  # (3, 4), to [0, 1] with the bias below
+    kernel = per_pixel.repeat_interleave(scale * scale, dim=0)[:, :, None, None]  # (3*f*f, 4, 1, 1)
+    return kernel, torch.full((3 * scale * scale,), 0.5)
+
+
 def calibration_pictures(count: int, size: int, seed: int = 0) -> torch.Tensor:
     """(count, 3, size, size) in [-1, 1]: smooth colour fields with hard-edged blobs on them."""
     g = torch.Generator().manual_seed(seed)
@@ -126,10 +143,11 @@ def calibration_pictures(count: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_linear_map(pipe) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares latent (c) -> RGB map, fitted on pictures encoded by the model's own VAE.
+def fit_linear_map(pipe, reach: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares map from each latent pixel's (2*reach+1)^2 neighbourhood to its f x f pixels.
 
-    Returns weight (c, 3) and bias (3,) taking scaled latents to RGB in [0, 1].
+    Fitted on pictures encoded by the model's own VAE. Returns a conv kernel (f*f*3, c, k, k)
+    and bias (f*f*3,) for `apply_fast_map`, taking scaled latents to RGB in [0, 1].
     """
     vae = pipe.vae
     scale = pipe.vae_scale_factor
@@ -137,11 +155,16 @@ def fit_linear_map(pipe) -> tuple[torch.Tensor, torch.Tensor]:
     pictures = calibration_pictures(CALIBRATION_IMAGES, size)
     latents = vae.encode(pictures.to(vae.device, vae.dtype)).latent_dist.mean.float().cpu()
     latents = latents * vae.config.scaling_factor  # the scale the UNet works in
-    small = torch.nn.functional.avg_pool2d(pictures * 0.5 + 0.5, scale)  # (n, 3, h, w) in [0, 1]
-    x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
-    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)   # bias column
-    y = small.permute(0, 2, 3, 1).reshape(-1, 3)
-    solution = torch.linalg.lstsq(x, y).solution          # (c + 1, 3)
+    channels, k = latents.shape[1], 2 * reach + 1
+    padded = torch.nn.functional.pad(latents, (reach,) * 4, mode="replicate")
+    x = torch.nn.functional.unfold(padded, k)  # (n, c*k*k, h*w), ordered like a conv kernel
+    x = x.permute(0, 2, 1).reshape(-1, channels * k * k)
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)    # bias column
+    # Each latent pixel's target: its f x f block of pixels, ordered as pixel_shuffle reads them.
+    y = torch.nn.functional.pixel_unshuffle(pictures * 0.5 + 0.5, scale)  # (n, 3*f*f, h, w)
+    y = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+    solution = torch.linalg.lstsq(x, y).solution          # (c*k*k + 1, 3*f*f)
     if not torch.isfinite(solution).all():
         raise ValueError("the least-squares fit did not converge")
-    return solution[:-1], solution[-1]
+    kernel = solution[:-1].T.reshape(-1, channels, k, k).contiguous()
+    return kernel, solution[-1].contiguous()
