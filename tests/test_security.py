@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
-import tempfile
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -181,56 +181,101 @@ def test_public_mode_loads_a_model_of_the_allowed_list_and_back(public_app, tiny
     assert manager.info.name == settings.model
 
 
-def files_under(root: Path, skip: tuple[Path, ...]) -> set[Path]:
-    found = set()
-    for folder, dirs, names in os.walk(root):
-        here = Path(folder)
-        dirs[:] = [d for d in dirs if not any((here / d).resolve() == s or (here / d).name in
-                                              (".git", "__pycache__", ".pytest_cache", "training")
-                                              or (here / d).name.startswith("pytest-of-") for s in skip)]
-        found |= {here / n for n in names}
-    return found
+class WriteRecorder:
+    """Every path the server in this process opens for writing, creates or copies to while `on`
+    (Python audit events, from every thread). The test's gradio_client is left out: it stages
+    each download in a folder of its own under the temp dir (and leaves that folder behind)."""
+
+    WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+    EVENTS = ("open", "os.mkdir", "shutil.copyfile", "shutil.copytree", "os.rename", "os.link", "os.symlink")
+
+    def __init__(self):
+        self.on, self.paths = False, []
+        sys.addaudithook(self.hook)  # hooks cannot be removed: this one only records while `on`
+
+    def hook(self, event: str, args: tuple) -> None:
+        if not self.on or event not in self.EVENTS:
+            return
+        if event == "open":
+            path, mode, flags = args
+            writes = (mode and any(c in mode for c in "wax+")) or (mode is None and flags & self.WRITE_FLAGS)
+            if not writes or not isinstance(path, (str, bytes, os.PathLike)):
+                return
+        else:
+            path = args[0] if event == "os.mkdir" else args[1]
+        if not self.by_the_client():
+            self.paths.append(Path(os.fsdecode(path)))
+
+    @staticmethod
+    def by_the_client() -> bool:
+        frame = sys._getframe()
+        while frame is not None:
+            if frame.f_code.co_filename.endswith(os.path.join("gradio_client", "client.py")):
+                return True
+            frame = frame.f_back
+        return False
+
+
+RECORDER = WriteRecorder()
 
 
 @pytest.fixture
 def writes_outside_outputs(public_app, tmp_path):
-    """The files that appear, while the test runs, in the temp folder or the repo but not under
-    --outputs or Gradio's cache (whose pruning test_load checks)."""
+    """The paths the app writes, while the test runs, outside --outputs and Gradio's cache (whose
+    pruning test_load checks). The test's own client downloads to tmp_path."""
     _, _, settings = public_app
-    gradio_cache = Path(gradio_utils.get_upload_folder()).resolve()
-    skip = (Path(settings.outputs).resolve(), gradio_cache, tmp_path.resolve(), REPO_ROOT / "tests" / "artifacts")
-    roots = (Path(tempfile.gettempdir()), REPO_ROOT)
-    before = set().union(*(files_under(r, skip) for r in roots))
+    fine = [Path(settings.outputs).resolve(), Path(gradio_utils.get_upload_folder()).resolve(), tmp_path.resolve()]
     start = tmp_path / "start.png"
     Image.new("RGB", (64, 64), "blue").save(start)
+    client = Client(public_app[0].src, verbose=False, download_files=str(tmp_path / "downloads"))
 
-    def new_files() -> set[Path]:
-        return set().union(*(files_under(r, skip) for r in roots)) - before
+    def outside() -> list[Path]:
+        return [p for p in RECORDER.paths if not any(p.resolve().is_relative_to(f) for f in fine)]
 
-    return start, new_files
+    RECORDER.paths.clear()
+    RECORDER.on = True
+    try:
+        yield client, start, outside
+    finally:
+        RECORDER.on = False
+
+
+def test_the_write_recorder_sees_writes_from_other_threads(tmp_path):
+    """The control for the two tests below: a write in a worker thread is recorded."""
+    import threading
+
+    RECORDER.paths.clear()
+    RECORDER.on = True
+    worker = threading.Thread(target=(tmp_path / "x.txt").write_text, args=("x",))
+    worker.start()
+    worker.join()
+    RECORDER.on = False
+    assert tmp_path / "x.txt" in RECORDER.paths
 
 
 def test_public_mode_generation_writes_nothing_outside_outputs(public_app, writes_outside_outputs):
-    client, _, settings = public_app
-    start, new_files = writes_outside_outputs
+    _, _, settings = public_app
+    client, start, outside = writes_outside_outputs
     saved_before = len(list(Path(settings.outputs).rglob("*.png")))
     txt2img(client, seed=7)
     client.predict(*TXT2IMG.values(), handle_file(str(start)), 1.0, api_name="/img2img")
     client.predict(handle_file(str(start)), 300, api_name="/forward_process")
     client.predict(None, "fast", api_name="/viewer_load")
+    client.predict(settings.allowed_models[0], api_name="/load_model")
+    client.predict(settings.model, api_name="/load_model")
     assert len(list(Path(settings.outputs).rglob("*.png"))) == saved_before + 2
-    assert new_files() == set()
+    assert RECORDER.paths  # the recorder saw the pictures being written
+    assert "\n".join(map(str, outside())) == ""
 
 
 @pytest.mark.xfail(strict=True, reason="viewer_tab.export_run writes its GIF and contact sheet to "
                    "tempfile.mkdtemp('studio-viewer-'), outside --outputs, and never deletes them")
 def test_public_mode_viewer_export_writes_nothing_outside_outputs(public_app, writes_outside_outputs):
-    client, _, _ = public_app
-    _, new_files = writes_outside_outputs
+    client, _, outside = writes_outside_outputs
     txt2img(client, seed=8)
     gif, sheet = client.predict(None, "fast", api_name="/viewer_export")
     assert Path(gif).exists() and Path(sheet).exists()
-    assert new_files() == set()
+    assert "\n".join(map(str, outside())) == ""
 
 
 # ---------------------------------------------------------------- --auth
