@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from playwright.sync_api import Page, expect, sync_playwright
 
 from studio import metadata
@@ -294,3 +294,26 @@ def test_a_history_picture_downloads_with_its_parameters_and_its_seed_is_reused(
     page.click("#history-reuse-seed")
     expect_tab_selected(page, "txt2img")
     expect(page.locator("#txt2img-seed input")).to_have_value("77")
+
+
+def test_a_foreign_png_with_unusable_values_warns_and_fills_the_rest(page, artifacts, tmp_path):
+    png = tmp_path / "a1111.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text(metadata.KEY, "a cat on a sofa\nNegative prompt: blurry\nSteps: 500, Sampler: Restart, "
+                                "CFG scale: 6, Seed: 987, Size: 512x768, Model: sd15, Version: v1.10.1")
+    Image.new("RGB", (64, 96), (90, 90, 200)).save(png, pnginfo=info)
+
+    page.click("#tab-pnginfo-button")
+    drop_file(page, "#pnginfo-image button[aria-label*=Drop]", png)
+    expect(page.locator("#pnginfo-notes")).to_contain_text("Sampler: 'Restart'")
+    page.click("#pnginfo-to-txt2img")
+    toasts = page.locator("[data-testid=toast-body]")
+    expect(toasts.filter(has_text="Steps: '500'")).to_have_count(1)
+    expect(toasts.filter(has_text="Sampler: 'Restart'")).to_have_count(1)
+    expect_tab_selected(page, "txt2img")
+    expect(page.locator("#txt2img-prompt textarea")).to_have_value("a cat on a sofa")
+    expect(page.locator("#txt2img-seed input")).to_have_value("987")
+    expect(page.locator("#txt2img-height input[type=number]")).to_have_value("768")
+    expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("20")  # kept
+    expect(page.locator("#txt2img-scheduler input")).to_have_value("Default")  # kept
+    page.screenshot(path=artifacts / "pnginfo-foreign-warnings.png", full_page=True)

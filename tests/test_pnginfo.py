@@ -165,6 +165,14 @@ def test_a_png_without_parameters_cannot_go_to_txt2img_but_its_picture_can_go_to
     assert "only the picture" in warnings[0]
 
 
+def test_png_info_shows_every_field_and_says_when_another_model_made_it(tmp_path, bundled_manager):
+    path = png_with(tmp_path / "a1111.png", A1111_TEXT)
+    text, rows, notes = pnginfo_tab.png_info(path, bundled_manager)
+    assert text == A1111_TEXT
+    assert dict(rows)["Lora hashes"] == "add_detail: 7c6bad76eb54, more: 0a1b2c3d" and len(rows) == 15
+    assert "'v1-5-pruned-emaonly'" in notes and "'tiny-shapes' loaded" in notes
+
+
 def test_a_file_that_is_not_a_picture_is_a_clear_error(tmp_path):
     path = tmp_path / "notes.png"
     path.write_text("not a picture")

@@ -66,8 +66,8 @@ def build(manager, runs: gr.State, run_files: gr.State, txt2img: dict, img2img: 
           tabs: gr.Tabs) -> None:
     gr.Markdown("This session's pictures, newest first (the last 12 runs). Click one, then use it.")
     selected = gr.State(None)  # index into entries(); None: the newest picture
-    gallery = gr.Gallery(label="History", columns=6, fit_columns=False, height=300, format="png", interactive=False,
-                         allow_preview=False, object_fit="contain", elem_id="history-gallery")
+    gallery = gr.Gallery(label="History", columns=6, fit_columns=False, height=300, format="png",
+                         interactive=False, allow_preview=False, object_fit="contain", elem_id="history-gallery")
     details = gr.Markdown("No run yet.", elem_id="history-details")
     with gr.Row():
         to_img2img = gr.Button("Send to img2img", elem_id="history-to-img2img")
@@ -90,13 +90,12 @@ def build(manager, runs: gr.State, run_files: gr.State, txt2img: dict, img2img: 
     def load_in_viewer(runs_, choice, decoder):
         return viewer_tab.load_run(manager, runs_, choice, decoder)
 
-    private = dict(api_visibility="private", queue=False)
+    private = dict(api_visibility="private")  # queued, so gr.Error and gr.Warning reach the browser
     state = [runs, run_files, selected]
     run_files.change(show, inputs=[runs, run_files], outputs=[gallery, selected, details, save], **private)
     gallery.select(select, inputs=[runs, run_files], outputs=[selected, details, save], **private)
-    to_img2img.click(send_img2img, inputs=state,
-                     outputs=[*pnginfo_tab.targets(img2img, True), tabs], **private)
+    to_img2img.click(send_img2img, inputs=state, outputs=[*pnginfo_tab.targets(img2img, True), tabs], **private)
     reuse_seed.click(seed_to_txt2img, inputs=state, outputs=[txt2img["panel"].seed, tabs], **private)
-    open_viewer.click(viewer_run, inputs=state, outputs=[viewer["run"], tabs], **private).then(
+    open_viewer.click(viewer_run, inputs=state, outputs=[viewer["run"], tabs], **private).success(
         load_in_viewer, inputs=[runs, viewer["run"], viewer["decoder"]], outputs=viewer["shown"],
-        api_visibility="private", concurrency_id=common.GPU, concurrency_limit=1)
+        concurrency_id=common.GPU, concurrency_limit=1, **private)

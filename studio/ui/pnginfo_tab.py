@@ -101,9 +101,10 @@ def build(manager, txt2img: dict, img2img: dict, tabs: gr.Tabs) -> dict:
     def send_img2img(path):
         return fill(path, "img2img", with_picture=True)
 
-    image.change(read, inputs=image, outputs=[text, fields, notes], api_name="png_info", queue=False)
+    # Queued (the default), not queue=False: only queued events show gr.Warning in the browser.
+    image.change(read, inputs=image, outputs=[text, fields, notes], api_name="png_info")
     to_txt2img.click(send_txt2img, inputs=image, outputs=[*targets(txt2img, False), tabs],
-                     api_visibility="private", queue=False)
+                     api_visibility="private")
     to_img2img.click(send_img2img, inputs=image, outputs=[*targets(img2img, True), tabs],
-                     api_visibility="private", queue=False)
+                     api_visibility="private")
     return {"image": image, "fields": fields}
