@@ -48,13 +48,15 @@ def format_parameters(result, seed: int) -> str:
     r = result.request
     fields = {
         "Steps": r.num_inference_steps,
-        "Sampler": result.scheduler_name or r.scheduler,
+        "Sampler": sampler_field(result),
         "CFG scale": r.guidance_scale,
         "Seed": seed,
         "Size": f"{r.width}x{r.height}",
         "Model hash": result.model_hash,
         "Model": Path(result.model).name or result.model,
     }
+    if fields["Sampler"] != (result.scheduler_name or r.scheduler):  # the model's own, unnamed
+        fields["Scheduler"] = result.scheduler_name
     if len(result.seeds) > 1:  # as A1111 writes them: the batch, and this image's place in it
         fields["Batch size"] = len(result.seeds)
         fields["Batch pos"] = result.seeds.index(seed)
@@ -68,6 +70,13 @@ def format_parameters(result, seed: int) -> str:
         lines.append(f"{NEGATIVE} {r.negative_prompt}")
     lines.append(", ".join(f"{k}: {quote(v)}" for k, v in fields.items()))
     return "\n".join(lines)
+
+
+def sampler_field(result) -> str:
+    """The sampler's name as the studio reads it back: a scheduler class with no name of its own
+    (the model's default, e.g. DEISMultistepScheduler) is "Default", the class kept apart."""
+    name = result.scheduler_name or result.request.scheduler
+    return name if name in schedulers.NAMES else schedulers.DEFAULT
 
 
 def parse_parameters(text: str) -> dict[str, str]:

@@ -86,6 +86,15 @@ def test_a_value_with_a_comma_or_colon_is_quoted_in_our_text_and_read_back():
     assert metadata.parse_parameters(text)["Model"] == "shapes, v2: best"
 
 
+def test_a_models_own_scheduler_without_a_sampler_name_reads_back_as_default():
+    result = a_result()
+    result.scheduler_name = "DEISMultistepScheduler"
+    text = metadata.format_parameters(result, 7)
+    assert "Sampler: Default, " in text and "Scheduler: DEISMultistepScheduler" in text
+    fields, notes = metadata.request_fields(metadata.parse_parameters(text))
+    assert (fields["scheduler"], notes) == ("Default", [])
+
+
 def test_a_batch_records_its_size_and_each_pictures_place_and_seed():
     result = a_result(num_images_per_prompt=3)
     result.seeds = [7, 8, 9]
