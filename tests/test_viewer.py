@@ -108,7 +108,6 @@ def test_decoders_give_pictures_of_the_image_size(bundled_manager):
         assert [p.size for p in pictures] == [(64, 64)]
 
 
-@pytest.mark.xfail(strict=True, reason="the linear fit misses the bundled 4x VAE by more than 0.08 (issue 4)")
 def test_the_fast_decoder_is_close_to_the_full_vae_on_the_bundled_model(bundled_manager):
     result = bundled_manager.generate(GenerationRequest(
         prompt="a large blue square in the center on a yellow background", seed=2, num_images_per_prompt=4))
@@ -186,3 +185,71 @@ def test_a_tiny_autoencoder_given_by_path_decodes_previews(sd1_dir, tmp_path, ma
     result = manager.generate(GenerationRequest(prompt="a", num_inference_steps=2, seed=0, preview="tiny"))
     pictures = manager.previews.decode(manager.loaded, result.trajectory.steps[-1].x0, "tiny")
     assert pictures[0].size == (32 * 8, 32 * 8)  # TAESD upsamples 8x: (1, 4, 32, 32) latents
+
+
+# ----- the viewer's public API, through gradio_client -----------------------------------------
+@pytest.fixture(scope="module")
+def viewer_client(app_server):
+    from gradio_client import Client
+
+    client = Client(app_server[0], verbose=False)
+    client.predict("a small red circle at the top left on a blue background", "", 8, 7.5, 64, 64, "Default",
+                   1, 11, "none", api_name="/txt2img")
+    return client
+
+
+def picture(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=float)
+
+
+def test_the_viewer_api_loads_the_session_s_last_run_at_its_last_step(viewer_client):
+    slider, noisy, clean, caption, chart, strip = viewer_client.predict(None, "fast", api_name="/viewer_load")
+    assert slider["maximum"] == slider["value"] == 8 and "Step 8 of 8" in caption and "σ" in caption
+    assert len(strip) == 8 and [item["caption"].split(":")[0] for item in strip] == [str(i) for i in range(1, 9)]
+    assert Image.open(noisy).size == Image.open(clean).size == (64, 64)
+    assert Image.open(chart).width > 64
+
+
+def test_the_viewer_api_scrubs_to_any_step_and_the_pictures_follow(viewer_client):
+    first_noisy, first_clean, first_caption, _ = viewer_client.predict(None, 1, "full", api_name="/viewer_step")
+    last_noisy, last_clean, last_caption, _ = viewer_client.predict(None, 8, "full", api_name="/viewer_step")
+    assert "Step 1 of 8" in first_caption and "Step 8 of 8" in last_caption
+    # Step 1's x_t is pure noise, step 8's is nearly the picture; the predicted x0 moves less.
+    assert np.abs(picture(first_noisy) - picture(last_noisy)).mean() > np.abs(picture(first_clean) - picture(last_clean)).mean()
+
+
+@pytest.mark.parametrize("step", [0, 9, -1])
+def test_a_step_outside_the_run_is_a_clear_error_and_the_viewer_keeps_working(viewer_client, step):
+    with pytest.raises(Exception, match=f"step={step} is not allowed: expected 1 to 8"):
+        viewer_client.predict(None, step, "fast", api_name="/viewer_step")
+    _, _, caption, _ = viewer_client.predict(None, 3, "fast", api_name="/viewer_step")
+    assert "Step 3 of 8" in caption
+
+
+def test_the_viewer_api_exports_a_gif_of_every_step_and_a_contact_sheet(viewer_client):
+    gif, sheet = viewer_client.predict(None, "fast", api_name="/viewer_export")
+    with Image.open(gif) as animation:
+        assert animation.n_frames == 8
+    assert Image.open(sheet).format == "PNG"
+
+
+def test_the_forward_process_api_noises_a_picture_more_as_t_grows(viewer_client, tmp_path):
+    from gradio_client import handle_file
+
+    source = tmp_path / "flat.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(source)
+    distances = []
+    for t in (50, 500, 999):
+        noised, info = viewer_client.predict(handle_file(str(source)), t, api_name="/forward_process")
+        assert f"t = {t}" in info
+        distances.append(np.abs(picture(noised) - picture(source)).mean())
+    assert distances == sorted(distances) and distances[0] < 20 < distances[-1]
+    with pytest.raises(Exception, match="5000"):  # Gradio checks the slider range first
+        viewer_client.predict(handle_file(str(source)), 5000, api_name="/forward_process")
+
+
+def test_another_session_sees_none_of_this_session_s_runs(app_server, viewer_client):
+    from gradio_client import Client
+
+    with pytest.raises(Exception, match="No run yet"):
+        Client(app_server[0], verbose=False).predict(None, "fast", api_name="/viewer_load")
