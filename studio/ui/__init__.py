@@ -9,7 +9,7 @@ import gradio as gr
 
 from studio.config import Settings
 from studio.outputs import OutputWriter
-from studio.ui import generate_tab, history_tab, pnginfo_tab, settings_panel, viewer_tab
+from studio.ui import generate_tab, history_tab, pnginfo_tab, settings_panel, sweep_tab, viewer_tab
 
 TITLE = "Diffusion Studio"
 # Small models make small pictures: show them enlarged with crisp pixels, not blurred.
@@ -35,6 +35,8 @@ def build_demo(manager, settings: Settings) -> gr.Blocks:
             with gr.Tab("Image to image", id="img2img", elem_id="tab-img2img"):
                 img2img = generate_tab.build("img2img", manager, writer, "a large blue square in the center",
                                              runs, run_files, last_image)
+            with gr.Tab("X/Y plot", id="xyplot", elem_id="tab-xyplot"):
+                sweep_tab.build(manager, writer, runs, last_image, run_files)
             with gr.Tab("Denoising viewer", id="viewer", elem_id="tab-viewer"):
                 viewer = viewer_tab.build(manager, runs, last_image)
             with gr.Tab("History", id="history", elem_id="tab-history"):
