@@ -7,7 +7,10 @@ This module does not run schedulers.
 """
 from __future__ import annotations
 
+import inspect
+
 import diffusers
+import torch
 
 from studio.errors import StudioError
 
@@ -47,7 +50,29 @@ def make_scheduler(name: str, model_config: dict):
     # config that never mentions it comes from a scheduler without the option (Euler, PNDM...),
     # i.e. a latent model, so we do not clip; a config that sets it keeps its choice.
     config = {"clip_sample": False, **model_config, **extra}
+    if config.get("rescale_betas_zero_snr") and not accepts(cls, "rescale_betas_zero_snr") \
+            and accepts(cls, "trained_betas"):
+        # (a keyword: from_config drops a trained_betas found in the config dict itself)
+        return cls.from_config(config, trained_betas=zero_snr_betas(model_config))
     return cls.from_config(config)
+
+
+def accepts(cls, parameter: str) -> bool:
+    return parameter in inspect.signature(cls.__init__).parameters
+
+
+def zero_snr_betas(model_config: dict) -> list[float]:
+    """The model's betas rescaled to zero terminal SNR, for schedulers without that option.
+
+    A model trained with `rescale_betas_zero_snr` (as the bundled one is) must be sampled on that
+    schedule; Heun, LMS, PLMS, DPM2 and others ignore the option, so they get the betas instead.
+    As diffusers' Euler does, the last cumulative alpha is 2^-24 rather than 0, which would make
+    the first sigma infinite.
+    """
+    alphas_cumprod = diffusers.DDPMScheduler.from_config(model_config).alphas_cumprod.double().clone()
+    alphas_cumprod[-1] = 2.0 ** -24
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    return (1 - alphas_cumprod / previous).tolist()
 
 
 def name_of(scheduler) -> str:

@@ -1,6 +1,7 @@
 """Every sampler name builds from the model's config, runs, and leaves one trajectory entry per step."""
 import numpy as np
 import pytest
+import torch
 from diffusers import DPMSolverMultistepScheduler
 
 from studio import schedulers
@@ -66,3 +67,17 @@ def test_names_are_recovered_from_instances():
 def test_an_unknown_scheduler_is_a_clear_error():
     with pytest.raises(StudioError, match="scheduler='Euler b' is not known"):
         schedulers.make_scheduler("Euler b", {"_class_name": "EulerDiscreteScheduler"})
+
+
+def test_a_zero_snr_model_keeps_its_schedule_under_schedulers_without_the_option():
+    from diffusers import DDPMScheduler
+
+    config = dict(DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                                timestep_spacing="trailing").config)
+    config["_class_name"] = "EulerDiscreteScheduler"
+    wanted = schedulers.make_scheduler("Euler", config).alphas_cumprod
+    for name in ("Heun", "LMS", "PLMS", "DPM2", "DPM2 a", "DPM++ SDE", "DPM++ 2M", "UniPC", "DDIM"):
+        got = schedulers.make_scheduler(name, config).alphas_cumprod
+        assert torch.allclose(got[:-1].double(), wanted[:-1].double(), rtol=1e-4), name
+        assert got[-1] < 1e-6, name  # zero terminal SNR (2^-24 where 0 would break sigmas)
