@@ -71,17 +71,24 @@ def vae_psnr(vae, count: int = 512, seed: int = 1234) -> float:
 
 
 def sample_grid(images: list[np.ndarray], captions: list[str], columns: int = 8) -> Image.Image:
-    tile, label = 128, 34
-    font = ImageFont.load_default(size=11)
+    tile, label = 128, 44
+    font = ImageFont.load_default(size=10)
     rows = (len(images) + columns - 1) // columns
     grid = Image.new("RGB", (columns * tile, rows * (tile + label)), "white")
     draw = ImageDraw.Draw(grid)
     for i, (image, text) in enumerate(zip(images, captions)):
         x, y = (i % columns) * tile, (i // columns) * (tile + label)
         grid.paste(Image.fromarray(image).resize((tile, tile), Image.Resampling.NEAREST), (x, y))
-        words = text.removeprefix("a ").split(" on a ")
-        draw.multiline_text((x + 3, y + tile + 2), "\n".join(words), fill="black", font=font)
+        draw.multiline_text((x + 3, y + tile + 2), "\n".join(caption_lines(text)), fill="black", font=font)
     return grid
+
+
+def caption_lines(text: str) -> list[str]:
+    """A caption in three short lines that fit under a tile: what, where, on what."""
+    text = text.removeprefix("a ")
+    for cut in (" on a ", " at the ", " in the "):
+        text = text.replace(cut, "\n" + cut.strip() + " ")
+    return text.split("\n")
 
 
 def markdown(accuracy: dict[str, float], psnr: float, count: int) -> str:
