@@ -75,6 +75,8 @@ def test_page_shows_title_tabs_and_the_model_on_the_cpu(page, app_server):
     expect(page.locator("h1")).to_have_text("Diffusion Studio")
     expect(page.locator("#tab-txt2img-button")).to_have_text("Text to image")
     expect(page.locator("#tab-img2img-button")).to_have_text("Image to image")
+    expect(page.locator("#tab-history-button")).to_have_text("History")
+    expect(page.locator("#tab-pnginfo-button")).to_have_text("PNG info")
 
     page.locator("#settings-panel").get_by_text("Model and settings").click()
     status = page.locator("#settings-status")

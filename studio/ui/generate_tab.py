@@ -81,7 +81,8 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
 
     inputs = [runs, run_files] + panel.inputs() + ([image, strength] if mode == "img2img" else [])
     generate.click(run, inputs=inputs, outputs=[preview, gallery, info, last_seed, runs, last_image, run_files],
-                           api_name=tab, concurrency_id=common.GPU, concurrency_limit=1)
+                   api_name=tab, concurrency_id=common.GPU, concurrency_limit=1).success(
+        open_first, outputs=gallery, api_visibility="private", queue=False)
     def stop_run(request: gr.Request) -> None:
         """Stop this session's run at its next step; the run then ends normally and says so.
         (Gradio's own `cancels=` would close the generator mid-stream, which its front end
@@ -108,6 +109,12 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
                     api_visibility="private", concurrency_id=common.GPU, concurrency_limit=1)
     return {"panel": panel, "image": image, "strength": strength, "gallery": gallery,
             "preview": preview, "generate": generate}
+
+
+def open_first():
+    """Open the result gallery's preview on its first picture: the picture whole, not a grid cell
+    cropped to the gallery's height. A separate UI step, so /txt2img still returns a plain list."""
+    return gr.Gallery(selected_index=0)
 
 
 def reuse(seed: int) -> int:
