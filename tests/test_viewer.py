@@ -187,6 +187,20 @@ def test_a_tiny_autoencoder_given_by_path_decodes_previews(sd1_dir, tmp_path, ma
     assert pictures[0].size == (32 * 8, 32 * 8)  # TAESD upsamples 8x: (1, 4, 32, 32) latents
 
 
+@pytest.mark.parametrize("tiny_vae", [None, "some/taesd"])
+def test_the_ui_offers_the_tiny_decoder_only_when_the_studio_has_one(tiny_vae):
+    from types import SimpleNamespace
+
+    from studio.config import Settings
+    from studio.ui import common
+
+    manager = SimpleNamespace(settings=Settings(tiny_vae=tiny_vae))
+    live = [value for _, value in common.preview_choices(manager)]
+    viewer = [value for _, value in common.preview_choices(manager, with_off=False)]
+    expected = ["fast", "tiny", "full"] if tiny_vae else ["fast", "full"]
+    assert live == ["none", *expected] and viewer == expected
+
+
 # ----- the viewer's public API, through gradio_client -----------------------------------------
 @pytest.fixture(scope="module")
 def viewer_client(app_server):

@@ -16,6 +16,13 @@ from studio.requests import MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STE
 
 GPU = "gpu"  # every event that runs the model shares this concurrency_id
 PREVIEW_CHOICES = [("Off", "none"), ("Fast (linear)", "fast"), ("Full VAE", "full")]
+TINY_CHOICE = ("Tiny VAE (TAESD)", "tiny")  # offered only when the studio has one (--tiny-vae)
+
+
+def preview_choices(manager, with_off: bool = True) -> list[tuple[str, str]]:
+    """The live-preview / viewer decoders this studio can use: tiny only with --tiny-vae."""
+    choices = PREVIEW_CHOICES[:2] + ([TINY_CHOICE] if manager.settings.tiny_vae else []) + PREVIEW_CHOICES[2:]
+    return choices if with_off else choices[1:]
 
 
 @dataclasses.dataclass
@@ -38,7 +45,8 @@ class ParameterPanel:
                 self.preview]
 
 
-def parameter_panel(tab: str, native_size: int, default_prompt: str) -> ParameterPanel:
+def parameter_panel(tab: str, native_size: int, default_prompt: str,
+                    previews: list[tuple[str, str]] | None = None) -> ParameterPanel:
     prompt = gr.Textbox(label="Prompt", value=default_prompt, lines=2, elem_id=f"{tab}-prompt")
     negative = gr.Textbox(label="Negative prompt", lines=1, elem_id=f"{tab}-negative-prompt",
                           placeholder="what the picture should not have")
@@ -59,7 +67,7 @@ def parameter_panel(tab: str, native_size: int, default_prompt: str) -> Paramete
                          elem_id=f"{tab}-seed")
         random_seed = gr.Button("Random", size="sm", elem_id=f"{tab}-random-seed")
         reuse_seed = gr.Button("Reuse last", size="sm", elem_id=f"{tab}-reuse-seed")
-    preview = gr.Radio(PREVIEW_CHOICES, value="fast", label="Live preview", elem_id=f"{tab}-preview")
+    preview = gr.Radio(previews or PREVIEW_CHOICES, value="fast", label="Live preview", elem_id=f"{tab}-preview")
     panel = ParameterPanel(prompt, negative, steps, guidance, width, height, scheduler, batch, seed, preview)
     random_seed.click(random_seed_value, outputs=seed, api_visibility="private", queue=False)
     panel.reuse_seed = reuse_seed

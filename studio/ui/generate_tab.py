@@ -50,7 +50,8 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
                 start_picture = gr.Image(label="Where the run starts: the picture noised by this strength",
                                          interactive=False, elem_classes="studio-picture", format="png", height=160,
                                          elem_id="img2img-start-preview")
-            panel = common.parameter_panel(tab, manager.info.native_size, default_prompt)
+            panel = common.parameter_panel(tab, manager.info.native_size, default_prompt,
+                                           common.preview_choices(manager))
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id=f"{tab}-stop")

@@ -16,7 +16,6 @@ from studio import export
 from studio.errors import StudioError
 from studio.ui import common
 
-DECODERS = [("Fast (linear)", "fast"), ("Full VAE", "full")]
 
 
 def run_label(index: int, result) -> str:
@@ -82,7 +81,7 @@ def build(manager, runs: gr.State, last_image: gr.State) -> dict:
                 "**Right:** what the model predicts the clean picture x0 to be at that step.")
     with gr.Row():
         choice = gr.Dropdown([], label="Run (this session)", elem_id="viewer-run", scale=4)
-        decoder = gr.Radio(DECODERS, value="fast", label="Decoder", elem_id="viewer-decoder", scale=2)
+        decoder = gr.Radio(common.preview_choices(manager, with_off=False), value="fast", label="Decoder", elem_id="viewer-decoder", scale=2)
         load = gr.Button("Show last run", elem_id="viewer-load", scale=1)
     step = gr.Slider(1, 20, value=20, step=1, label="Step", elem_id="viewer-step")
     caption = gr.Markdown(elem_id="viewer-caption")
