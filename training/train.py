@@ -4,7 +4,7 @@
     python -m training.train --out /tmp/big --scale 2 --device cuda --unet-steps 20000  # a GPU run
 
 Three phases, each checkpointed (safetensors) in --work so an interrupted run resumes where it
-stopped: (1) the VAE on random 32x32 crops, (2) the dataset encoded once to latents, (3) the UNet
+stopped (a resumed run may use another --threads): (1) the VAE on random 32x32 crops, (2) the dataset encoded once to latents, (3) the UNet
 and the CLIP text encoder together on those latents, with 10% caption dropout (so classifier-free
 guidance works), min-SNR loss weighting and EMA weights. The EMA weights are saved as a standard
 StableDiffusionPipeline folder. Evaluation is evaluate.py; this file only trains.
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from training import architecture, checkpoint, shapes, vocab
@@ -143,7 +144,18 @@ def train_vae(args, images: torch.Tensor, generator: torch.Generator):
 def encode_latents(vae, images: torch.Tensor, device: str) -> torch.Tensor:
     """Posterior means of all images, (n, 4, 16, 16), unscaled."""
     return torch.cat([vae.encode(images[i:i + 256].to(device)).latent_dist.mean.cpu()
-                      for i in range(0, len(images), 256)])
+                      for i in tqdm(range(0, len(images), 256), desc="latents")])
+
+
+def cached_latents(vae, images: torch.Tensor, args) -> torch.Tensor:
+    """encode_latents, saved in --work once the VAE is done, so a resumed run skips it."""
+    path = args.work / "latents.safetensors"
+    if path.exists():
+        return load_file(str(path))["latents"]
+    latents = encode_latents(vae, images, args.device)
+    save_file({"latents": latents.contiguous()}, str(path.with_suffix(".tmp")))
+    path.with_suffix(".tmp").replace(path)
+    return latents
 
 
 class Denoiser(torch.nn.Module):
@@ -195,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     images, ids = make_dataset(args.seed, args.images, tokenizer)
     vae = train_vae(args, images, generator).eval()
-    latents = encode_latents(vae, images, args.device)  # (n, 4, 16, 16)
+    latents = cached_latents(vae, images, args)  # (n, 4, 16, 16)
     scaling_factor = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling_factor)
     empty_ids = tokenizer("", padding="max_length", max_length=vocab.MAX_LENGTH,
