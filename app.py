@@ -7,7 +7,14 @@ link, which needs the internet: without it the studio says why and keeps serving
 """
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 
 from studio.config import Settings, parse_settings
 from studio.errors import StudioError
@@ -36,10 +43,59 @@ def cache_policy(settings: Settings) -> tuple[int, int]:
     return max(1, min(age // 2, 600)), age
 
 
-def prepare(demo, settings: Settings):
-    """Server options that live on the Blocks rather than in launch(); call before launching."""
+def prepare(demo, settings: Settings, cache_folder: Path | None = None):
+    """Server options that live on the Blocks rather than in launch(); call before launching.
+
+    Gradio's delete_cache only prunes the files it tracks on the Blocks' own components, and
+    6.31 tracks none that pass through a session's copy of a component (any component a gr.update
+    touched): those stay forever. So the studio also prunes, by age, the folders that are its
+    alone: its private Gradio cache (`cache_folder`, see private_cache_folder) and the --no-save
+    folder."""
     demo.delete_cache = cache_policy(settings)
+    folders = [cache_folder] if cache_folder is not None else []
+    if settings.no_save:
+        folders.append(settings.output_root())
+    if folders:
+        frequency, age = cache_policy(settings)
+        threading.Thread(target=prune_forever, args=(folders, frequency, age), name="studio-prune",
+                         daemon=True).start()
     return demo
+
+
+def private_cache_folder() -> Path:
+    """A Gradio cache folder for this process alone, inside the one Gradio would use (the
+    GRADIO_TEMP_DIR or the system temp folder): the studio may prune all of it, and removes it at
+    exit. Call before the UI is built: Gradio's components read the folder when created."""
+    parent = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    folder = parent / f"diffusion-studio-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def prune(folder: Path, age: float) -> int:
+    """Delete the files under `folder` created more than `age` seconds ago, then empty folders."""
+    if not folder.exists():
+        return 0
+    now, removed = time.time(), 0
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        try:
+            if path.is_file() and now - path.stat().st_ctime > age:
+                path.unlink()
+                removed += 1
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        except OSError:  # taken by a request right now, or already gone: next round
+            continue
+    return removed
+
+
+def prune_forever(folders: list[Path], frequency: float, age: float) -> None:
+    while True:
+        time.sleep(frequency)
+        for folder in folders:
+            prune(folder, age)
 
 
 def warn_public(settings: Settings) -> None:
@@ -48,10 +104,10 @@ def warn_public(settings: Settings) -> None:
               "compute. Add --auth user:password.", file=sys.stderr, flush=True)
 
 
-def launch(demo, settings: Settings, block: bool = True):
+def launch(demo, settings: Settings, block: bool = True, cache_folder: Path | None = None):
     """Start the server; with --share, a failed tunnel leaves the local server running."""
     warn_public(settings)
-    prepare(demo, settings)
+    prepare(demo, settings, cache_folder)
     options = launch_options(settings)
     if not settings.share:
         return demo.launch(prevent_thread_lock=not block, **options)
@@ -83,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     except (StudioError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    launch(build_demo(manager, settings), settings)
+    cache_folder = private_cache_folder()
+    launch(build_demo(manager, settings), settings, cache_folder=cache_folder)
     return 0
 
 
