@@ -88,7 +88,7 @@ def build(manager, runs: gr.State, last_image: gr.State) -> dict:
     with gr.Row():
         noisy = gr.Image(label="x_t (noisy)", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-xt", height=256)
         clean = gr.Image(label="predicted x0", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-x0", height=256)
-        chart = gr.Image(label="Noise schedule σ", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-chart")
+        chart = gr.Image(label="Noise schedule σ (log scale)", interactive=False, format="png", elem_id="viewer-chart")
     strip = gr.Gallery(label="Filmstrip: predicted x0 at every step", columns=10, height=200,
                        format="png", elem_id="viewer-filmstrip", interactive=False, object_fit="contain")
     with gr.Row():
