@@ -46,11 +46,11 @@ def cache_policy(settings: Settings) -> tuple[int, int]:
 def prepare(demo, settings: Settings, cache_folder: Path | None = None):
     """Server options that live on the Blocks rather than in launch(); call before launching.
 
-    Gradio's delete_cache only prunes the files it tracks on the Blocks' own components, and
-    6.31 tracks none that pass through a session's copy of a component (any component a gr.update
-    touched): those stay forever. So the studio also prunes, by age, the folders that are its
-    alone: its private Gradio cache (`cache_folder`, see private_cache_folder) and the --no-save
-    folder."""
+    Gradio's delete_cache only prunes the files it tracks in its components' temp_files; with
+    Gradio 6.31 the pictures this app served were not among them (0 of them, measured; they go
+    through per-session copies of the components, we believe), so they stayed until a restart.
+    So the studio also prunes, by age, the folders that are its alone: its private Gradio cache
+    (`cache_folder`, see private_cache_folder) and the --no-save folder."""
     demo.delete_cache = cache_policy(settings)
     folders = [cache_folder] if cache_folder is not None else []
     if settings.no_save:
