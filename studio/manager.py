@@ -178,14 +178,18 @@ class PipelineManager:
         with self._lock:
             self._running_cancel = cancel
             try:
-                return self._run(self._require_model(), request, on_step, cancel)
+                model = self._require_model()
+                return self._run(model, request, on_step, cancel)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not isinstance(exc, torch.OutOfMemoryError) and "out of memory" not in str(exc).lower():
                     raise
-                self._release_memory()  # only after a failure: a full gc costs ~0.1 s a run
-                raise StudioError(out_of_memory_message(request)) from exc
+                message = out_of_memory_message(request, model)
             finally:
                 self._running_cancel = None
+            # Out of memory. Release it only here, outside the except block: until that block
+            # ends, the error's traceback holds the failed run's frames and their tensors.
+            self._release_memory()  # only after a failure: a full gc costs ~0.1 s a run
+            raise StudioError(message)
 
     def _run(self, model: LoadedModel, request: GenerationRequest, on_step,
              cancel: threading.Event) -> GenerationResult:
@@ -331,7 +335,8 @@ class PipelineManager:
                 concurrent.futures.wait([job])
 
 
-def out_of_memory_message(request: GenerationRequest) -> str:
-    return (f"Out of memory at {request.width}x{request.height} with "
+def out_of_memory_message(request: GenerationRequest, model: LoadedModel) -> str:
+    width, height = request.width or model.native_size, request.height or model.native_size
+    return (f"Out of memory at {width}x{height} with "
             f"num_images_per_prompt={request.num_images_per_prompt}; memory was released. Try a "
             "smaller size or batch, or --attention-slicing max / --vae-tiling / --cpu-offload.")
