@@ -88,8 +88,6 @@ def test_out_of_memory_in_a_step_is_a_clear_studio_error(sd1, kind):
     assert "memory was released" in message and "--attention-slicing max" in message
 
 
-@pytest.mark.xfail(strict=True, reason="manager.out_of_memory_message gets the request before its size "
-                   "is resolved: with the model's native size (width=None) it says 'NonexNone'")
 def test_out_of_memory_at_the_native_size_names_the_size(sd1):
     with probed(sd1, fail_at=3, error=OOM_ERRORS["torch.OutOfMemoryError"]):
         with pytest.raises(StudioError) as caught:
@@ -114,9 +112,6 @@ def test_a_programming_error_in_a_step_is_not_called_out_of_memory(sd1):
     assert not isinstance(caught.value, StudioError)
 
 
-@pytest.mark.xfail(strict=True, reason="manager.generate calls _release_memory() (gc.collect, "
-                   "empty_cache) inside `except ... as exc`, while exc's traceback still holds the "
-                   "pipeline frames and their tensors; and the StudioError keeps them via __cause__")
 def test_out_of_memory_frees_the_runs_tensors_before_the_error_reaches_the_caller(sd1):
     with probed(sd1, fail_at=3, error=OOM_ERRORS["torch.OutOfMemoryError"]) as probe:
         try:
