@@ -42,7 +42,11 @@ class Trajectory:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+MIN_ALPHA_BAR = 2.0 ** -24  # as diffusers' Euler: zero-terminal-SNR schedules end at alpha_bar 0
+
+
 def sigma_from_alpha_bar(alpha_bar: float) -> float:
+    alpha_bar = max(alpha_bar, MIN_ALPHA_BAR)
     return math.sqrt((1.0 - alpha_bar) / alpha_bar)
 
 
@@ -59,6 +63,7 @@ def alpha_bar_at(alphas_cumprod: torch.Tensor, timestep: float) -> float:
 def x0_closed_form(x_t: torch.Tensor, model_output: torch.Tensor, alpha_bar: float,
                    prediction_type: str) -> torch.Tensor:
     """x0 from alpha-scale x_t = sqrt(a) x0 + sqrt(1-a) eps (Ho et al. 2020, eq. 15; v: Salimans & Ho 2022)."""
+    alpha_bar = max(alpha_bar, MIN_ALPHA_BAR)
     a, s = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
     if prediction_type == "v_prediction":
         return a * x_t - s * model_output
