@@ -18,7 +18,7 @@ from PIL import Image
 
 from studio.errors import StudioError
 
-CALIBRATION_IMAGES = 12
+CALIBRATION_IMAGES = 24
 CALIBRATION_SIZE = 128
 # Fallback latent -> RGB factors in [-1, 1] (4 latent channels x RGB) for the SD 1.x/2.x VAE.
 SD_FACTORS = [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
@@ -129,15 +129,26 @@ def factor_table_map(scale: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def calibration_pictures(count: int, size: int, seed: int = 0) -> torch.Tensor:
-    """(count, 3, size, size) in [-1, 1]: smooth colour fields with hard-edged blobs on them."""
+    """(count, 3, size, size) in [-1, 1]: half smooth colour fields with soft blobs, half flat
+    backgrounds with hard-edged shapes (discs, boxes, triangles), both in random colours, so
+    the fit sees gradients as well as flat areas and sharp edges."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(count, 3, 4, 4, generator=g)
     pictures = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
     for i in range(count):
-        for _ in range(4):
-            cx, cy, r = (torch.rand(3, generator=g) * torch.tensor([size, size, size / 4])).tolist()
-            mask = (xx - cx) ** 2 + (yy - cy) ** 2 < (r + 2) ** 2
+        flat = i % 2 == 1
+        if flat:
+            pictures[i] = torch.rand(3, 1, 1, generator=g)
+        for _ in range(4 if not flat else 1 + i % 3):
+            cx, cy, r = (torch.rand(3, generator=g) * torch.tensor([size, size, size / 4]) + torch.tensor([0, 0, size / 16])).tolist()
+            kind = int(torch.randint(0, 3, (1,), generator=g)) if flat else 0
+            if kind == 0:
+                mask = (xx - cx) ** 2 + (yy - cy) ** 2 < (r + 2) ** 2
+            elif kind == 1:
+                mask = ((xx - cx).abs() < r) & ((yy - cy).abs() < r)
+            else:  # upright triangle in the box (cx +- r, cy +- r)
+                mask = ((yy - cy).abs() < r) & ((xx - cx).abs() < (yy - cy + r) / 2)
             pictures[i][:, mask] = torch.rand(3, 1, generator=g)
     return pictures.clamp(0, 1) * 2 - 1
 
