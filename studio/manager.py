@@ -306,9 +306,18 @@ class PipelineManager:
         """
         events: queue.Queue = queue.Queue()
         cancel = cancel or threading.Event()
+        taken = threading.Semaphore(0)  # released each time the consumer takes a step event
 
         def report(*event) -> None:
+            # Hand the step over and wait until the consumer takes it, so the run is never more
+            # than one step ahead of its consumer: a consumer that stops asking (Gradio after a
+            # cancel) closes this generator, which sets `cancel` while that step is the last one
+            # started. A consumer that is merely slow holds a step for STEP_HANDOVER_WAIT at most.
             events.put(("step", *event))
+            deadline = time.monotonic() + STEP_HANDOVER_WAIT
+            while not taken.acquire(timeout=0.05):
+                if cancel.is_set() or time.monotonic() > deadline:
+                    return
 
         threads = torch.get_num_threads()  # the caller's setting holds in the worker too
 
@@ -326,6 +335,8 @@ class PipelineManager:
                 event = events.get()
                 if event[0] == "error":
                     raise event[1]
+                if event[0] == "step":
+                    taken.release()
                 yield event
                 if event[0] == "done":
                     return
@@ -333,6 +344,9 @@ class PipelineManager:
             if not job.cancel() and not job.done():  # not started: dropped; running: stopped
                 cancel.set()
                 concurrent.futures.wait([job])
+
+
+STEP_HANDOVER_WAIT = 10.0  # seconds a step waits for a slow consumer before the run goes on
 
 
 def out_of_memory_message(request: GenerationRequest, model: LoadedModel) -> str:
