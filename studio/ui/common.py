@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import gradio as gr
+from PIL import Image
 
 from studio import schedulers
 from studio.errors import GenerationCancelled, StudioError
@@ -17,6 +18,38 @@ from studio.requests import MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STE
 GPU = "gpu"  # every event that runs the model shares this concurrency_id
 PREVIEW_CHOICES = [("Off", "none"), ("Fast (linear)", "fast"), ("Full VAE", "full")]
 TINY_CHOICE = ("Tiny VAE (TAESD)", "tiny")  # offered only when the studio has one (--tiny-vae)
+
+
+class PictureUpload(gr.Image):
+    """gr.Image for uploads that says what is wrong with a bad file, naming it.
+
+    gr.Image decodes the upload before the event runs, so a zero-byte file, text named .png or a
+    decompression bomb otherwise fails as "Could not preprocess input component at index N",
+    which names neither the file nor the problem (for API callers too). The front end is the
+    stock image widget (`is_template`)."""
+
+    is_template = True
+
+    def __init__(self, *args, argument: str = "image", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.argument = argument
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise gr.Error(f"{self.argument}={upload_name(payload)!r} has too many pixels to decode "
+                           f"safely ({exc}).") from exc
+        except Exception as exc:
+            raise gr.Error(f"{self.argument}={upload_name(payload)!r} could not be read as a picture "
+                           f"({type(exc).__name__}: {exc}). Upload a PNG, JPEG or WebP file.") from exc
+
+
+def upload_name(payload) -> str:
+    """The name the person gave the upload, else the server's name for it."""
+    return getattr(payload, "orig_name", None) or getattr(payload, "path", None) or "the upload"
 
 
 def preview_choices(manager, with_off: bool = True) -> list[tuple[str, str]]:

@@ -41,7 +41,7 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
         with gr.Column(scale=5):
             image = strength = None
             if mode == "img2img":
-                image = gr.Image(label="Starting picture", type="filepath", image_mode=None,
+                image = common.PictureUpload(label="Starting picture", type="filepath", image_mode=None,
                                  sources=["upload", "clipboard"], elem_id="img2img-image", height=256,
                                  elem_classes="studio-picture")
                 strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Strength (denoising strength)",

@@ -14,6 +14,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from studio import metadata
+from studio.ui import common
 
 # The parameter panel's controls that a PNG fills, by their GenerationRequest names.
 SENT_FIELDS = ["prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "width", "height",
@@ -81,7 +82,7 @@ def build(manager, txt2img: dict, img2img: dict, tabs: gr.Tabs) -> dict:
                 "then send them to a generation tab.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
-            image = gr.Image(label="PNG", type="filepath", image_mode=None, sources=["upload"],
+            image = common.PictureUpload(label="PNG", type="filepath", image_mode=None, sources=["upload"],
                              elem_id="pnginfo-image", elem_classes="studio-picture", height=256)
             with gr.Row():
                 to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo-to-txt2img")

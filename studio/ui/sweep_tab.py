@@ -70,7 +70,7 @@ def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State,
             panel = common.parameter_panel("xyplot", manager.info.native_size, DEFAULT_PROMPT)
             panel.preview.visible = False  # a plot shows no live preview; its runs decode none
             with gr.Accordion("Starting picture (image to image; a strength axis needs one)", open=False):
-                image = gr.Image(label="Starting picture", type="filepath", image_mode=None,
+                image = common.PictureUpload(label="Starting picture", type="filepath", image_mode=None,
                                  sources=["upload", "clipboard"], elem_id="xyplot-image", height=200)
                 strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Strength (denoising strength)",
                                      elem_id="xyplot-strength")

@@ -135,7 +135,7 @@ def forward_section(manager, last_image: gr.State) -> None:
     gr.Markdown("### Forward process\nThe opposite direction: a clean picture noised to timestep t, "
                 "the way training and img2img do it (x_t = √ᾱ·x0 + √(1−ᾱ)·ε, in latent space).")
     with gr.Row():
-        source = gr.Image(label="Picture", type="filepath", image_mode=None, elem_id="forward-image", height=200)
+        source = common.PictureUpload(label="Picture", type="filepath", image_mode=None, elem_id="forward-image", height=200)
         use_last = gr.Button("Use the last result", elem_id="forward-use-last")
         timestep = gr.Slider(0, 999, value=500, step=1, label="Timestep t", elem_id="forward-timestep")
     with gr.Row():

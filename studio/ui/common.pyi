@@ -1,0 +1,145 @@
+"""Widgets and event plumbing shared by the txt2img and img2img tabs.
+
+`parameter_panel` builds the prompt, negative prompt and sampling controls under the names the
+request uses; `run_stream` turns a manager stream into what a Gradio generator yields, mapping
+StudioError to gr.Error. No generation logic lives here: it all goes through the manager.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+from PIL import Image
+
+from studio import schedulers
+from studio.errors import GenerationCancelled, StudioError
+from studio.requests import MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
+
+GPU = "gpu"  # every event that runs the model shares this concurrency_id
+PREVIEW_CHOICES = [("Off", "none"), ("Fast (linear)", "fast"), ("Full VAE", "full")]
+TINY_CHOICE = ("Tiny VAE (TAESD)", "tiny")  # offered only when the studio has one (--tiny-vae)
+
+from gradio.events import Dependency
+
+class PictureUpload(gr.Image):
+    """gr.Image for uploads that says what is wrong with a bad file, naming it.
+
+    gr.Image decodes the upload before the event runs, so a zero-byte file, text named .png or a
+    decompression bomb otherwise fails as "Could not preprocess input component at index N",
+    which names neither the file nor the problem (for API callers too). The front end is the
+    stock image widget (`is_template`)."""
+
+    is_template = True
+
+    def __init__(self, *args, argument: str = "image", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.argument = argument
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise gr.Error(f"{self.argument}={upload_name(payload)!r} has too many pixels to decode "
+                           f"safely ({exc}).") from exc
+        except Exception as exc:
+            raise gr.Error(f"{self.argument}={upload_name(payload)!r} could not be read as a picture "
+                           f"({type(exc).__name__}: {exc}). Upload a PNG, JPEG or WebP file.") from exc
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def upload_name(payload) -> str:
+    """The name the person gave the upload, else the server's name for it."""
+    return getattr(payload, "orig_name", None) or getattr(payload, "path", None) or "the upload"
+
+
+def preview_choices(manager, with_off: bool = True) -> list[tuple[str, str]]:
+    """The live-preview / viewer decoders this studio can use: tiny only with --tiny-vae."""
+    choices = PREVIEW_CHOICES[:2] + ([TINY_CHOICE] if manager.settings.tiny_vae else []) + PREVIEW_CHOICES[2:]
+    return choices if with_off else choices[1:]
+
+
+@dataclasses.dataclass
+class ParameterPanel:
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    num_inference_steps: gr.Slider
+    guidance_scale: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    scheduler: gr.Dropdown
+    num_images_per_prompt: gr.Slider
+    seed: gr.Number
+    preview: gr.Radio
+
+    def inputs(self) -> list:
+        """In GenerationRequest order, as event functions take them."""
+        return [self.prompt, self.negative_prompt, self.num_inference_steps, self.guidance_scale,
+                self.width, self.height, self.scheduler, self.num_images_per_prompt, self.seed,
+                self.preview]
+
+
+def parameter_panel(tab: str, native_size: int, default_prompt: str,
+                    previews: list[tuple[str, str]] | None = None) -> ParameterPanel:
+    prompt = gr.Textbox(label="Prompt", value=default_prompt, lines=2, elem_id=f"{tab}-prompt")
+    negative = gr.Textbox(label="Negative prompt", lines=1, elem_id=f"{tab}-negative-prompt",
+                          placeholder="what the picture should not have")
+    with gr.Row():
+        steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", elem_id=f"{tab}-steps",
+                          info="denoising steps: more is slower, usually finer")
+        guidance = gr.Slider(0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance (CFG scale)",
+                             elem_id=f"{tab}-guidance", info="how strongly to follow the prompt")
+    with gr.Row():
+        width = gr.Slider(MIN_SIDE, MAX_SIDE, value=native_size, step=8, label="Width", elem_id=f"{tab}-width")
+        height = gr.Slider(MIN_SIDE, MAX_SIDE, value=native_size, step=8, label="Height", elem_id=f"{tab}-height")
+    with gr.Row():
+        scheduler = gr.Dropdown(schedulers.NAMES, value=schedulers.DEFAULT, label="Sampler",
+                                elem_id=f"{tab}-scheduler", info="Default: the model's own")
+        batch = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size", elem_id=f"{tab}-batch")
+    with gr.Row():
+        seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)",
+                         elem_id=f"{tab}-seed")
+        random_seed = gr.Button("Random", size="sm", elem_id=f"{tab}-random-seed")
+        reuse_seed = gr.Button("Reuse last", size="sm", elem_id=f"{tab}-reuse-seed")
+    preview = gr.Radio(previews or PREVIEW_CHOICES, value="fast", label="Live preview", elem_id=f"{tab}-preview")
+    panel = ParameterPanel(prompt, negative, steps, guidance, width, height, scheduler, batch, seed, preview)
+    random_seed.click(random_seed_value, outputs=seed, api_visibility="private", queue=False)
+    panel.reuse_seed = reuse_seed
+    return panel
+
+
+def random_seed_value() -> int:
+    return -1
+
+
+def run_stream(stream, progress: gr.Progress):
+    """Yield (preview, result) pairs from a manager stream; user errors become gr.Error."""
+    try:
+        for event in stream:
+            if event[0] == "step":
+                _, step, total, previews = event
+                progress((step, total), desc=f"step {step}/{total}")
+                yield (previews[0] if previews else None), None
+            else:
+                for warning in event[1].warnings:
+                    gr.Warning(warning)
+                yield None, event[1]
+    except GenerationCancelled as exc:
+        gr.Info(str(exc))
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    finally:
+        stream.close()
+
+
+def describe_result(result) -> str:
+    seeds = ", ".join(str(s) for s in result.seeds)
+    t = result.timings
+    return (f"**Seed{'s' if len(result.seeds) > 1 else ''}:** {seeds} · {t['steps']} steps in "
+            f"{t['total']:.2f} s ({1 / max(t['seconds_per_step'], 1e-9):.1f} steps/s) · "
+            f"{result.request.width}x{result.request.height} · {result.scheduler_name}")
