@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from studio import config, metadata, schedulers
 from studio.errors import StudioError
-from studio.requests import GenerationRequest
+from studio.requests import GenerationRequest, batches
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--seed", type=int, default=-1, help="-1 for random")
     g.add_argument("--scheduler", default=schedulers.DEFAULT, help="; ".join(schedulers.NAMES))
-    g.add_argument("--batch", type=int, default=1, dest="num_images_per_prompt")
+    g.add_argument("--batch", type=int, default=1, dest="num_images_per_prompt", help="pictures per run")
+    g.add_argument("--batch-count", type=int, default=1, help="runs one after another; seeds continue")
     g.add_argument("--clip-skip", type=int, default=None)
     g.add_argument("--init-image", type=Path, default=None, help="img2img: the starting picture")
     g.add_argument("--strength", type=float, default=0.75, help="img2img: how much to change it")
@@ -65,28 +66,33 @@ def generate(args: argparse.Namespace) -> None:
                                dtype=args.dtype, attention_slicing=args.attention_slicing,
                                vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling,
                                cpu_offload=args.cpu_offload, trust_pickle=args.trust_pickle)
+    plan = batches(request_from(args), args.batch_count)  # a bad --batch-count fails before loading
     manager = PipelineManager(settings)
     manager.load()
-    request = request_from(args)
-    with tqdm(total=request.num_inference_steps, desc="denoising", unit="step") as bar:
-        def on_step(step: int, total: int, previews) -> None:
-            bar.total = total
-            bar.update(step - bar.n)
-
-        result = manager.generate(request, on_step=on_step)
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    paths = output_paths(args.out, len(plan) * plan[0].num_images_per_prompt)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for path, image, seed in zip(output_paths(args.out, len(result.images)), result.images, result.seeds):
-        metadata.save_png(image, path, result, seed)
-        print(f"{path}  seed={seed}")
-    if args.trajectory is not None:
-        from studio import export
+    for k, request in enumerate(plan):
+        label = f"batch {k + 1}/{len(plan)}" if len(plan) > 1 else "denoising"
+        with tqdm(total=request.num_inference_steps, desc=label, unit="step") as bar:
+            def on_step(step: int, total: int, previews) -> None:
+                bar.total = total
+                bar.update(step - bar.n)
 
-        decoder = "full" if args.preview == "none" else args.preview
-        written = export.write_trajectory(manager, result, args.trajectory, decoder)
-        print(f"trajectory: {len(written)} files in {args.trajectory}")
-    print(f"{result.timings['steps']} steps in {result.timings['total']:.2f} s")
+            result = manager.generate(request, on_step=on_step)
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for image, seed in zip(result.images, result.seeds):
+            path = paths.pop(0)
+            metadata.save_png(image, path, result, seed)
+            print(f"{path}  seed={seed}")
+        if args.trajectory is not None:
+            from studio import export
+
+            decoder = "full" if args.preview == "none" else args.preview
+            folder = args.trajectory if len(plan) == 1 else args.trajectory / f"batch-{k}"
+            written = export.write_trajectory(manager, result, folder, decoder)
+            print(f"trajectory: {len(written)} files in {folder}")
+        print(f"{result.timings['steps']} steps in {result.timings['total']:.2f} s")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import random
 
 from PIL import Image
 
@@ -21,6 +22,7 @@ MAX_STEPS = 150
 MIN_SIDE, MAX_SIDE = 64, 2048
 MAX_GUIDANCE = 30.0
 MAX_BATCH = 8
+MAX_BATCH_COUNT = 16  # batches run one after another (A1111's "batch count")
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 4000
 ALLOWED_CONTROL = "\t\n\r"
@@ -142,3 +144,16 @@ def check_inputs(request: GenerationRequest) -> GenerationRequest:
         strength=float(request.strength),
         preview_every=int(request.preview_every),
     )
+
+
+def batches(request: GenerationRequest, count) -> list[GenerationRequest]:
+    """`count` requests run one after another ("batch count"), each of `num_images_per_prompt`
+    pictures, with consecutive seeds across them all: with seed 10 and batch size 2, the second
+    batch has seeds 12 and 13, so any picture can be made again alone from its own seed. A random
+    seed (-1) is drawn once, for the first picture."""
+    whole_number("batch_count", count, 1, MAX_BATCH_COUNT)
+    whole_number("num_images_per_prompt", request.num_images_per_prompt, 1, MAX_BATCH)
+    whole_number("seed", request.seed, -1, MAX_SEED)
+    base = int(request.seed) if int(request.seed) >= 0 else random.randrange(MAX_SEED + 1)
+    size = int(request.num_images_per_prompt)
+    return [dataclasses.replace(request, seed=(base + k * size) % (MAX_SEED + 1)) for k in range(int(count))]

@@ -93,3 +93,27 @@ def test_share_without_a_network_says_why_and_keeps_serving_locally(sd1_dir):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_batch_count_runs_batches_in_a_row_with_seeds_that_continue(client):
+    """Batch count 2 x batch size 2 from seed 10: four pictures, seeds 10-13; the second batch is
+    exactly what batch size 2 from seed 12 makes (so any batch can be made again)."""
+    values = {**TXT2IMG, "num_inference_steps": 4, "num_images_per_prompt": 2, "seed": 10}
+    _, gallery, info = client.predict(*values.values(), 2, api_name="/txt2img")
+    seeds = [int(metadata.parse_parameters(Image.open(g["image"]).info["parameters"])["Seed"]) for g in gallery]
+    assert seeds == [10, 11, 12, 13]
+    assert info.count("**Seeds:**") == 2 and "10, 11" in info and "12, 13" in info
+    _, again, _ = client.predict(*{**values, "seed": 12}.values(), api_name="/txt2img")
+    assert [pixels(g) for g in again] == [pixels(g) for g in gallery[2:]]  # the second batch, run on its own
+
+
+def pixels(picture: dict) -> bytes:
+    return Image.open(picture["image"]).convert("RGB").tobytes()
+
+
+@pytest.mark.parametrize("count", [0, 17, 1.5])
+def test_a_bad_batch_count_is_refused_by_name_and_the_next_request_works(client, count):
+    with pytest.raises(Exception, match=rf"batch_count={count!r} is not allowed|Value {count} is (less|greater)"):
+        client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), count, api_name="/txt2img")
+    _, gallery, _ = client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), api_name="/txt2img")
+    assert len(gallery) == 1

@@ -34,6 +34,24 @@ def test_a_batch_writes_one_file_per_image_with_consecutive_seeds(sd1_dir, tmp_p
     assert Image.open(tmp_path / "dog-1.png").size == (64, 64)
 
 
+def test_batch_count_runs_batches_in_a_row_numbering_files_and_seeds_on(sd1_dir, tmp_path, capsys):
+    code = main(["generate", "--prompt", "a dog", "--out", str(tmp_path / "dog.png"), "--model", str(sd1_dir),
+                 "--steps", "2", "--seed", "7", "--batch", "2", "--batch-count", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for index, seed in enumerate(range(7, 11)):
+        assert f"dog-{index}.png  seed={seed}" in printed
+        assert metadata.parse_parameters(Image.open(tmp_path / f"dog-{index}.png").info["parameters"])["Seed"] == str(seed)
+
+
+def test_a_bad_batch_count_is_one_clear_line(sd1_dir, tmp_path, capsys):
+    code = main(["generate", "--prompt", "x", "--out", str(tmp_path / "x.png"), "--model", str(sd1_dir),
+                 "--batch-count", "0"])
+    assert code == 2
+    assert "batch_count=0 is not allowed" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_img2img_from_the_command_line(sd1_dir, tmp_path, capsys):
     start = tmp_path / "start.png"
     Image.new("RGB", (100, 80), "red").save(start)

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from studio.errors import StudioError
-from studio.requests import GenerationRequest, check_inputs
+from studio.requests import MAX_SEED, GenerationRequest, batches, check_inputs
 
 BAD = [
     ("num_inference_steps", 0), ("num_inference_steps", -1), ("num_inference_steps", 3.7),
@@ -69,3 +69,26 @@ def test_parameters_leave_out_the_image_and_txt2img_strength():
     values = GenerationRequest(prompt="p").parameters()
     assert "image" not in values and "strength" not in values
     assert values["prompt"] == "p" and values["num_inference_steps"] == 20
+
+
+def test_batches_continue_the_seeds_across_batches():
+    plan = batches(GenerationRequest(seed=10, num_images_per_prompt=3), 3)
+    assert [r.seed for r in plan] == [10, 13, 16]
+    assert all(r.num_images_per_prompt == 3 for r in plan)
+
+
+def test_batches_from_a_random_seed_draw_it_once():
+    plan = batches(GenerationRequest(seed=-1, num_images_per_prompt=2), 4)
+    first = plan[0].seed
+    assert 0 <= first <= MAX_SEED
+    assert [r.seed for r in plan] == [(first + 2 * k) % (MAX_SEED + 1) for k in range(4)]
+
+
+def test_batches_wrap_at_the_largest_seed():
+    assert [r.seed for r in batches(GenerationRequest(seed=MAX_SEED, num_images_per_prompt=1), 2)] == [MAX_SEED, 0]
+
+
+@pytest.mark.parametrize("count", [0, -1, 17, 1.5, "2", None, True])
+def test_a_bad_batch_count_is_refused_naming_it(count):
+    with pytest.raises(StudioError, match=rf"batch_count={count!r} is not allowed"):
+        batches(GenerationRequest(), count)

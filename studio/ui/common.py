@@ -13,7 +13,7 @@ from PIL import Image
 
 from studio import schedulers
 from studio.errors import GenerationCancelled, StudioError
-from studio.requests import MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
+from studio.requests import MAX_BATCH, MAX_BATCH_COUNT, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
 
 GPU = "gpu"  # every event that runs the model shares this concurrency_id
 PREVIEW_CHOICES = [("Off", "none"), ("Fast (linear)", "fast"), ("Full VAE", "full")]
@@ -79,7 +79,9 @@ class ParameterPanel:
 
 
 def parameter_panel(tab: str, native_size: int, default_prompt: str,
-                    previews: list[tuple[str, str]] | None = None) -> ParameterPanel:
+                    previews: list[tuple[str, str]] | None = None, batch_count: bool = True) -> ParameterPanel:
+    """The prompt and sampling controls. With `batch_count`, also a "Batch count" slider
+    (`panel.batch_count`, not in `inputs()`: events that run batches add it themselves)."""
     prompt = gr.Textbox(label="Prompt", value=default_prompt, lines=2, elem_id=f"{tab}-prompt")
     negative = gr.Textbox(label="Negative prompt", lines=1, elem_id=f"{tab}-negative-prompt",
                           placeholder="what the picture should not have")
@@ -94,7 +96,10 @@ def parameter_panel(tab: str, native_size: int, default_prompt: str,
     with gr.Row():
         scheduler = gr.Dropdown(schedulers.NAMES, value=schedulers.DEFAULT, label="Sampler",
                                 elem_id=f"{tab}-scheduler", info="Default: the model's own")
-        batch = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size", elem_id=f"{tab}-batch")
+        batch = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size", elem_id=f"{tab}-batch",
+                          info="pictures made together in one run")
+        count = (gr.Slider(1, MAX_BATCH_COUNT, value=1, step=1, label="Batch count", elem_id=f"{tab}-batch-count",
+                           info="runs one after another; seeds continue") if batch_count else None)
     with gr.Row():
         seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)",
                          elem_id=f"{tab}-seed")
@@ -104,6 +109,7 @@ def parameter_panel(tab: str, native_size: int, default_prompt: str,
     panel = ParameterPanel(prompt, negative, steps, guidance, width, height, scheduler, batch, seed, preview)
     random_seed.click(random_seed_value, outputs=seed, api_visibility="private", queue=False)
     panel.reuse_seed = reuse_seed
+    panel.batch_count = count
     return panel
 
 
@@ -111,13 +117,14 @@ def random_seed_value() -> int:
     return -1
 
 
-def run_stream(stream, progress: gr.Progress):
-    """Yield (preview, result) pairs from a manager stream; user errors become gr.Error."""
+def run_stream(stream, progress: gr.Progress, label: str = ""):
+    """Yield (preview, result) pairs from a manager stream; user errors become gr.Error.
+    `label` goes before the step count in the progress text ("batch 2/3 · ")."""
     try:
         for event in stream:
             if event[0] == "step":
                 _, step, total, previews = event
-                progress((step, total), desc=f"step {step}/{total}")
+                progress((step, total), desc=f"{label}step {step}/{total}")
                 yield (previews[0] if previews else None), None
             else:
                 for warning in event[1].warnings:

@@ -11,7 +11,7 @@ import threading
 import gradio as gr
 
 from studio.errors import StudioError
-from studio.requests import GenerationRequest
+from studio.requests import GenerationRequest, batches
 from studio.ui import common
 from studio.outputs import OutputWriter
 
@@ -66,24 +66,37 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
     def run(request: gr.Request, history, files, *values, progress=gr.Progress()):
         stop_flag = stops.setdefault(request.session_hash, threading.Event())
         stop_flag.clear()
-        generation = request_from(mode, values)
-        final = None
+        *values, count = values
+        try:
+            plan = batches(request_from(mode, values), count)
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from exc
+        finals, shown = [], []
         # Yield once before the run and then at every step, preview or not: Gradio stops an
         # event's generator (an API client's cancel, a closed page) only at a yield. Each yield
         # costs a few ms of messaging (benchmarks/RESULTS.md); the UI's Stop uses stop_flag.
         yield gr.skip(), *[gr.skip()] * 6
-        for picture, result in common.run_stream(manager.stream(generation, stop_flag), progress):
-            if result is not None:
-                final = result
-            else:
-                yield picture if picture is not None else gr.skip(), *[gr.skip()] * 6
-        if final is not None:
+        for k, generation in enumerate(plan):
+            label = f"batch {k + 1}/{len(plan)} · " if len(plan) > 1 else ""
+            final = None
+            for picture, result in common.run_stream(manager.stream(generation, stop_flag), progress, label):
+                if result is not None:
+                    final = result
+                else:
+                    yield picture if picture is not None else gr.skip(), *[gr.skip()] * 6
+            if final is None:  # stopped: the batches done so far stay
+                break
             paths = writer.write(final)
+            finals.append(final)
+            shown += paths
             history = (history + [final])[-HISTORY_LIMIT:]
             files = (files + [paths])[-HISTORY_LIMIT:]
-            yield gr.skip(), paths, common.describe_result(final), final.seeds[0], history, paths[0], files
+            # each batch shows as soon as it is done, with the ones before it
+            yield (gr.skip(), shown, "  \n".join(common.describe_result(f) for f in finals), finals[0].seeds[0],
+                   history, shown[0], files)
 
-    inputs = [runs, run_files] + panel.inputs() + ([image, strength] if mode == "img2img" else [])
+    inputs = ([runs, run_files] + panel.inputs() + ([image, strength] if mode == "img2img" else [])
+              + [panel.batch_count])  # last, so API callers may leave it out (default 1)
     generate.click(run, inputs=inputs, outputs=[preview, gallery, info, last_seed, runs, last_image, run_files],
                    api_name=tab, concurrency_id=common.GPU, concurrency_limit=1).success(
         open_first, outputs=gallery, api_visibility="private", queue=False)

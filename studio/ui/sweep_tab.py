@@ -67,7 +67,7 @@ def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State,
             with gr.Row():
                 generate = gr.Button("Generate plot", variant="primary", elem_id="xyplot-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="xyplot-stop")
-            panel = common.parameter_panel("xyplot", manager.info.native_size, DEFAULT_PROMPT)
+            panel = common.parameter_panel("xyplot", manager.info.native_size, DEFAULT_PROMPT, batch_count=False)
             panel.preview.visible = False  # a plot shows no live preview; its runs decode none
             with gr.Accordion("Starting picture (image to image; a strength axis needs one)", open=False):
                 image = common.PictureUpload(label="Starting picture", type="filepath", image_mode=None,
