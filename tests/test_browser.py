@@ -153,6 +153,37 @@ def test_stop_ends_a_long_run_and_the_next_generate_works(page):
     expect(page.locator("#txt2img-gallery [data-testid=status-tracker]")).to_have_class(re.compile(r"\bhide\b"))
 
 
+def test_closing_the_page_stops_its_run_even_without_previews(page, bundled_manager):
+    """With the live preview off the event sends nothing until the end, so only the page's
+    unload (Gradio's heartbeat) can tell the studio that nobody is waiting for the picture."""
+    set_number(page, "txt2img-steps", 150)
+    set_number(page, "txt2img-width", 256)
+    set_number(page, "txt2img-height", 256)
+    page.locator("#txt2img-preview label", has_text="Off").click()
+    page.click("#txt2img-generate")
+    expect(page.locator("#txt2img-gallery [data-testid=status-tracker]")).to_contain_text("/150")
+    assert bundled_manager._running_cancel is not None  # the run is under way
+    page.context.close()
+    # the whole run takes over a minute here; stopped, it ends after the step under way
+    assert bundled_manager._lock.acquire(timeout=GENERATION_SECONDS), "the run went on after the page closed"
+    bundled_manager._lock.release()
+
+
+def test_batch_count_fills_the_gallery_batch_by_batch(page, artifacts):
+    set_number(page, "txt2img-steps", 4)
+    set_number(page, "txt2img-batch", 2)
+    set_number(page, "txt2img-batch-count", 2)
+    seed_box = page.locator("#txt2img-seed input")
+    seed_box.fill("21")
+    seed_box.press("Enter")
+    page.click("#txt2img-generate")
+    expect(page.locator("#txt2img-info")).to_contain_text("Seeds: 23, 24", timeout=GENERATION_SECONDS * 1000)
+    expect(page.locator("#txt2img-info")).to_contain_text("Seeds: 21, 22")
+    page.locator("#txt2img-gallery button[aria-label='Close']").first.click()  # the grid, not the first picture
+    expect(page.locator("#txt2img-gallery .thumbnail-item img, #txt2img-gallery .grid-wrap img")).to_have_count(4)
+    page.screenshot(path=str(artifacts / "txt2img-batch-count.png"), full_page=True)
+
+
 def drop_file(page: Page, selector: str, path: Path, mime: str = "image/png") -> None:
     """Drag a file from the desktop onto `selector`, as a person would: a real `drop` event."""
     data = list(path.read_bytes())

@@ -255,8 +255,8 @@ def test_cancel_through_the_app_stops_within_one_step_and_the_next_request_works
     with probed(bundled_manager) as probe:
         _, after = submit_and_cancel(client, bundled_manager, probe, cancel_received, at_call=4)
     healthy(client)
-    # Gradio closes the generator at its next yield, after the step under way; the worker may
-    # have begun one more step by then, and stops at its end
+    # Gradio cancels the event's task; its await raises at once and sets the Stop flag, so the
+    # step under way ends the run (the worker may have begun one more by then)
     assert after <= 1
     assert probe.calls_after_cancel == 0
 

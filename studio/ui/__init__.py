@@ -43,5 +43,15 @@ def build_demo(manager, settings: Settings) -> gr.Blocks:
                 history_tab.build(manager, runs, run_files, txt2img, img2img, viewer, tabs)
             with gr.Tab("PNG info", id="pnginfo", elem_id="tab-pnginfo"):
                 pnginfo_tab.build(manager, txt2img, img2img, tabs)
+        demo.unload(page_closed)
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=1)
     return demo
+
+
+def page_closed(request: gr.Request) -> None:
+    """A closed page stops its session's run after the step under way and forgets its Stop flags
+    (a run still going holds its own reference)."""
+    for stops in (generate_tab.stops, sweep_tab.stops):
+        flag = stops.pop(request.session_hash, None)
+        if flag is not None:
+            flag.set()

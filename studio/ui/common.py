@@ -6,6 +6,7 @@ StudioError to gr.Error. No generation logic lives here: it all goes through the
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import gradio as gr
@@ -29,10 +30,7 @@ class PictureUpload(gr.Image):
     stock image widget (`is_template`)."""
 
     is_template = True
-
-    def __init__(self, *args, argument: str = "image", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.argument = argument
+    argument = "image"  # the name error messages give it (Gradio builds props from __init__: not overridden)
 
     def preprocess(self, payload):
         try:
@@ -136,6 +134,26 @@ def run_stream(stream, progress: gr.Progress, label: str = ""):
         raise gr.Error(str(exc)) from exc
     finally:
         stream.close()
+
+
+async def stream_steps(stream, progress: gr.Progress, stop_flag, label: str = ""):
+    """`run_stream` for async event functions: each step is awaited in a worker thread, so the
+    event yields only what it has to show (a preview), not once a step.
+
+    Gradio stops an event by cancelling its task (an API client's cancel, a closed page). A sync
+    generator learns of that only at its next yield; here the await raises at once, and
+    `stop_flag` makes the manager end the run after the step under way."""
+    steps = run_stream(stream, progress, label)
+    try:
+        while (item := await asyncio.to_thread(next, steps, None)) is not None:
+            yield item
+    except asyncio.CancelledError:
+        stop_flag.set()  # the abandoned thread sees the flag and finishes the stream itself
+        raise
+    except GeneratorExit:  # closed at a yield: no thread is inside `steps`
+        stop_flag.set()
+        steps.close()
+        raise
 
 
 def describe_result(result) -> str:

@@ -30,10 +30,7 @@ class PictureUpload(gr.Image):
     stock image widget (`is_template`)."""
 
     is_template = True
-
-    def __init__(self, *args, argument: str = "image", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.argument = argument
+    argument = "image"  # the name error messages give it (Gradio builds props from __init__: not overridden)
 
     def preprocess(self, payload):
         try:

@@ -6,6 +6,7 @@ it through the manager, and show previews, the gallery and the seeds.
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import gradio as gr
@@ -63,7 +64,7 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
             info = gr.Markdown(elem_id=f"{tab}-info")
     last_seed = gr.State(-1)
 
-    def run(request: gr.Request, history, files, *values, progress=gr.Progress()):
+    async def run(request: gr.Request, history, files, *values, progress=gr.Progress()):
         stop_flag = stops.setdefault(request.session_hash, threading.Event())
         stop_flag.clear()
         *values, count = values
@@ -72,21 +73,20 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
         finals, shown = [], []
-        # Yield once before the run and then at every step, preview or not: Gradio stops an
-        # event's generator (an API client's cancel, a closed page) only at a yield. Each yield
-        # costs a few ms of messaging (benchmarks/RESULTS.md); the UI's Stop uses stop_flag.
-        yield gr.skip(), *[gr.skip()] * 6
         for k, generation in enumerate(plan):
             label = f"batch {k + 1}/{len(plan)} · " if len(plan) > 1 else ""
             final = None
-            for picture, result in common.run_stream(manager.stream(generation, stop_flag), progress, label):
+            # Steps are awaited, not yielded: the event yields only a preview picture, as messages
+            # to the browser cost milliseconds each (benchmarks/RESULTS.md, section 4).
+            async for picture, result in common.stream_steps(manager.stream(generation, stop_flag), progress,
+                                                             stop_flag, label):
                 if result is not None:
                     final = result
-                else:
-                    yield picture if picture is not None else gr.skip(), *[gr.skip()] * 6
+                elif picture is not None:
+                    yield picture, *[gr.skip()] * 6
             if final is None:  # stopped: the batches done so far stay
                 break
-            paths = writer.write(final)
+            paths = await asyncio.to_thread(writer.write, final)
             finals.append(final)
             shown += paths
             history = (history + [final])[-HISTORY_LIMIT:]
