@@ -127,7 +127,8 @@ def test_the_api_refuses_a_server_side_path_as_an_input_picture(app_server, clie
     """gradio_client would upload a local file itself; a raw call can name any path on the server."""
     picture = {"path": str(REPO_ROOT / "models" / "tiny-shapes" / "samples.png"),
                "meta": {"_type": "gradio.FileData"}}
-    data = [*TXT2IMG.values(), picture, 0.5] if api_name == "img2img" else [picture, 500]
+    # The raw HTTP API takes every input (gradio_client fills the defaulted batch count itself).
+    data = [*TXT2IMG.values(), picture, 0.5, 1] if api_name == "img2img" else [picture, 500]
     call = httpx.post(f"{app_server[0]}gradio_api/call/{api_name}", json={"data": data}, timeout=30)
     events = httpx.get(f"{app_server[0]}gradio_api/call/{api_name}/{call.json()['event_id']}", timeout=120)
     assert "event: error" in events.text and "not uploaded by a user" in events.text, events.text[:300]
