@@ -32,13 +32,13 @@ class Stats:
 
 
 def ratio(numerator: Stats, denominator: Stats) -> Stats:
-    """Ratio of medians; the spread is that of the per-repeat (paired) ratios when they pair up."""
-    value = numerator.median / denominator.median
-    pairs = list(zip(numerator.samples, denominator.samples))
+    """The median of the per-repeat ratios when the samples pair up (A and B interleaved in each
+    repeat, so a slow spell of the machine falls on both), with their spread; otherwise the
+    ratio of the medians."""
     if len(numerator.samples) != len(denominator.samples):
+        value = numerator.median / denominator.median
         return Stats(value, value, value, [value])
-    each = [a / b for a, b in pairs]
-    return Stats(value, min(each), max(each), each)
+    return Stats.of([a / b for a, b in zip(numerator.samples, denominator.samples)])
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -133,8 +133,8 @@ def results_markdown(figures: list[Figure], info: dict, settings: dict, failures
     lines += ["## Machine", ""] + [f"- {key}: {value}" for key, value in info.items() if value is not None]
     lines += ["", "## Settings", ""]
     lines += [f"- {key}: {value}" for key, value in settings.items() if key not in ("command", "date", "seconds")]
-    lines += ["", "## Figures", "", "Median over the repeats, spread = min – max; a ratio is the ratio of the medians "
-              "(its spread is that of the per-repeat ratios, A and B being interleaved in each repeat).", "",
+    lines += ["", "## Figures", "", "Median over the repeats, spread = min – max; a ratio is the median of the per-repeat "
+              "ratios, A and B being interleaved in each repeat (so a slow spell falls on both), with their spread.", "",
               markdown_table(figures), "", "## Goals not met", ""]
     lines += [f"- {f.name}: {number(f.stats.median, f.unit)} (goal {f.goal}). {f.note}" for f in failed] or ["- none"]
     lines += ["", "## Sections that could not be measured", ""]
