@@ -45,7 +45,8 @@ def test_a_full_queue_is_refused_while_busy_and_the_rest_is_served(run):
 
 def test_the_soak_keeps_memory_flat_and_prunes_the_caches(run):
     soak = run[1]["soak"]
-    assert soak["generations"] == 30 and soak["failed"] == 0
+    # At least the 30 asked for: a fast server goes on until cache pruning can be judged.
+    assert soak["generations"] >= 30 and soak["failed"] == 0
     assert soak["rss_growth"] < load.RSS_GROWTH_LIMIT
     assert soak["cache_pruned"] and soak["no_save_pruned"]
 
