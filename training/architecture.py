@@ -7,6 +7,7 @@ untrained modules; training is in train.py.
 """
 from __future__ import annotations
 
+import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -43,7 +44,13 @@ def build_text_encoder(vocab_size: int, scale: int = 1) -> CLIPTextModel:
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
     )
-    return CLIPTextModel(config)
+    model = CLIPTextModel(config)
+    # Word and position vectors of unit scale, not CLIP's 0.02: the word table is then frozen in
+    # training (train.py), so the place words stay apart from the first step (see the model card).
+    embeddings = getattr(model, "text_model", model).embeddings  # transformers 4 nests them
+    for table in (embeddings.token_embedding, embeddings.position_embedding):
+        torch.nn.init.normal_(table.weight, std=1.0)
+    return model
 
 
 def build_unet(scale: int = 1) -> UNet2DConditionModel:
@@ -51,7 +58,8 @@ def build_unet(scale: int = 1) -> UNet2DConditionModel:
         sample_size=shapes.RESOLUTION // DOWNSAMPLE,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
-        block_out_channels=(64 * scale, 64 * scale, 128 * scale),
+        # 48 wide at 16x16 (v1: 64): a fifth faster per step and per image, at no cost we measured.
+        block_out_channels=(48 * scale, 64 * scale, 128 * scale),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         layers_per_block=1,
