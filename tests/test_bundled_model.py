@@ -6,10 +6,10 @@ training/classify.py, so these tests check behaviour, not just shapes. Seeds are
 import numpy as np
 import pytest
 
-# The bundled model v1 (issue 3, still open) follows colour, background and size, but not place
-# or, reliably, shape; see its model card. These tests state the behaviour we require; strict
-# xfail makes the suite fail the day one starts passing, so its marker goes.
-MODEL_V1_GAP = pytest.mark.xfail(strict=True, reason="bundled model v1 does not do this yet (issue 3)")
+# The bundled model v4 (issue 3, still open) follows colour, background, size and place, but its
+# shapes are often soft (shape 61%); see its model card. These tests state the behaviour we
+# require; strict xfail makes the suite fail the day one starts passing, so its marker goes.
+MODEL_GAP = pytest.mark.xfail(strict=True, reason="the bundled model (v4) does not do this yet (issue 3)")
 
 from diffusers import StableDiffusionPipeline
 from PIL import Image
@@ -58,7 +58,6 @@ def test_a_prompts_colour_background_and_size_show_in_the_image(bundled_manager,
     assert (seen.colour, seen.background, seen.size) == (colour, background, size)
 
 
-@MODEL_V1_GAP
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_a_prompts_shape_and_place_show_in_the_image(bundled_manager, prompt):
     seen = verdict(bundled_manager.generate(GenerationRequest(prompt=prompt, seed=0)).images[0])
@@ -73,6 +72,9 @@ def test_the_negative_prompt_red_lowers_the_red_share(bundled_manager):
     assert share_of(avoided, "red") < 0.5 * share_of(plain, "red")
 
 
+# v4 already follows these prompts fully without guidance (24 of 24 at 1.0 and at 7.5; over all
+# five attributes 38 at 1.0, 35 at 7.5: guidance 7.5 over-saturates it and softens shapes).
+@MODEL_GAP
 def test_higher_guidance_follows_the_prompt_more_closely(bundled_manager):
     prompts = {shapes.caption(s): s for s in shapes.scenes(3, 8, list(shapes.HELD_OUT))}
 
@@ -93,7 +95,7 @@ def red_circle() -> Image.Image:
     return shapes.render(shapes.Scene("red", "circle", "white", "large", "center", 14, 32, 32))
 
 
-@MODEL_V1_GAP  # at guidance 7.5 v1 turns the red circle blue already at strength 0.2
+@MODEL_GAP  # at guidance 7.5 v1 and v4 turn the red circle blue already at strength 0.2
 def test_img2img_at_low_strength_keeps_the_picture(bundled_manager, red_circle):
     result = bundled_manager.generate(GenerationRequest(
         prompt="a large blue square in the center on a white background", image=red_circle, strength=0.2, seed=0))
@@ -108,7 +110,7 @@ def test_img2img_at_high_strength_follows_the_prompt(bundled_manager, red_circle
     assert (seen.colour, seen.shape) == ("blue", "square")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=MODEL_V1_GAP) if n == "Heun" else n  # orange for yellow
+@pytest.mark.parametrize("name", [pytest.param(n, marks=MODEL_GAP) if n == "Heun" else n  # orange for yellow
                                   for n in schedulers.SCHEDULERS])
 def test_it_runs_under_every_scheduler(bundled_manager, name):
     result = bundled_manager.generate(GenerationRequest(

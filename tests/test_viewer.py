@@ -119,8 +119,10 @@ FAST_PREVIEW_PROMPTS = [
 def test_the_fast_decoder_is_close_to_the_full_vae_on_the_bundled_model(bundled_manager):
     """Mean absolute error per pixel channel (0-1 scale) of the fitted map on generated x0.
 
-    Measured on model v1: 0.052 on average, 0.090 at worst (blue on yellow); the SD factor
-    table, which the fit replaces, misses by 0.46. The bars leave room for seed noise only.
+    Measured on model v4: 0.074 on average, 0.116 at worst (blue on yellow); v1's VAE, from the
+    same recipe, was more linear (0.052 and 0.090); the SD factor table, which the fit replaces,
+    misses by 0.46. A 5x5 or 7x7 neighbourhood fits worse (0.078, 0.083). The bars leave room for
+    seed noise only.
     """
     model = bundled_manager.loaded
     errors = []
@@ -130,7 +132,7 @@ def test_the_fast_decoder_is_close_to_the_full_vae_on_the_bundled_model(bundled_
         fast = np.stack([np.asarray(p, float) for p in bundled_manager.previews.decode(model, x0, "fast")]) / 255
         full = np.stack([np.asarray(p, float) for p in bundled_manager.previews.decode(model, x0, "full")]) / 255
         errors.append(np.abs(fast - full).mean())
-    assert np.mean(errors) < 0.065 and max(errors) < 0.10, dict(zip(FAST_PREVIEW_PROMPTS, errors))
+    assert np.mean(errors) < 0.085 and max(errors) < 0.13, dict(zip(FAST_PREVIEW_PROMPTS, errors))
 
 
 def test_a_tiny_preview_without_a_tiny_autoencoder_says_what_to_pass(bundled_manager):
