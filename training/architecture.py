@@ -58,7 +58,7 @@ def build_unet(scale: int = 1) -> UNet2DConditionModel:
         sample_size=shapes.RESOLUTION // DOWNSAMPLE,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
-        # 48 wide at 16x16 (v1: 64): a fifth faster per step and per image, at no cost we measured.
+        # 48 wide at 16x16 (v1: 64): 20 UNet calls 0.53 -> 0.43 s alone, one image 0.544 -> 0.513 s.
         block_out_channels=(48 * scale, 64 * scale, 128 * scale),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
