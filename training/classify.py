@@ -2,9 +2,12 @@
 
 It reads a 64x64 RGB picture the way the world in shapes.py draws one: the border is background;
 each pixel's coverage is its position on the line from the background colour to the shape's
-colour; the covered area over the bounding box area tells the shape (square 1, circle pi/4,
-triangle 1/2); the bounding box tells size and grid position. It has no learned parts, so its
-verdicts are reproducible; it is not meant for pictures from any other source.
+colour; the box where coverage passes 1/2 tells size and grid position. The shape is the one
+of the three ideal drawings, with the covered area and centroid measured, that overlaps the
+coverage best (soft intersection over union), counting coverage only in that box and its
+EDGE_MARGIN, so faint noise elsewhere in the background is not taken for shape. It has no
+learned parts, so its verdicts are reproducible; it is not meant for pictures from any other
+source.
 """
 from __future__ import annotations
 
@@ -17,8 +20,13 @@ from training import shapes
 PALETTE = np.array(list(shapes.COLOURS.values()), dtype=np.float32)  # (8, 3)
 NAMES = list(shapes.COLOURS)
 MIN_CONTRAST = 60.0  # RGB distance from the background for a pixel to count as shape
-# Bounding-box fill ratios between the shapes' ideal ones (1/2, pi/4, 1).
-TRIANGLE_BELOW, CIRCLE_BELOW = 0.64, 0.89
+# Pixels around the coverage > 1/2 box that still count, for the shape's anti-aliased edge.
+# Until v4 the shape was read from the covered area over the box area, summed over the whole
+# picture: faint background noise then added area, and even the VAE's round trips of the ideal
+# held-out scenes scored 71.9% on shape (small shapes 50%); this reading scores them 100%.
+EDGE_MARGIN = 2
+# A shape's area per squared half-extent: what its half-extent is, given the covered area.
+AREA = {"circle": np.pi, "square": 4.0, "triangle": 2.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +36,9 @@ class Verdict:
     shape: str | None
     size: str | None
     position: str | None
+    # How well the named shape's ideal drawing overlaps the picture's coverage (soft IoU): about
+    # 0.97 for the drawings themselves, 0.92 for their VAE round trips; lower is a rougher shape.
+    shape_fit: float | None = None
 
 
 def nearest_colour(rgb: np.ndarray) -> str:
@@ -56,13 +67,34 @@ def classify(image: np.ndarray) -> Verdict:
     if len(rows) == 0:
         return Verdict(nearest_colour(foreground), nearest_colour(background), None, None, None)
     height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-    fill = float(alpha.sum()) / float(height * width)
-    shape = "triangle" if fill < TRIANGLE_BELOW else "circle" if fill < CIRCLE_BELOW else "square"
+    local = np.zeros_like(alpha)
+    box = (slice(max(rows.min() - EDGE_MARGIN, 0), rows.max() + 1 + EDGE_MARGIN),
+           slice(max(cols.min() - EDGE_MARGIN, 0), cols.max() + 1 + EDGE_MARGIN))
+    local[box] = alpha[box]
+    shape, fit = best_shape(local)
     half = np.sqrt(height * width) / 2
     size = "small" if half < (shapes.SIZES["small"] + shapes.SIZES["large"]) / 2 else "large"
     centre = ((cols.min() + cols.max() + 1) / 2, (rows.min() + rows.max() + 1) / 2)
     return Verdict(nearest_colour(foreground), nearest_colour(background), shape, size,
-                   grid_position(centre, image.shape[0]))
+                   grid_position(centre, image.shape[0]), round(fit, 4))
+
+
+def best_shape(alpha: np.ndarray) -> tuple[str, float]:
+    """The shape whose ideal drawing, of the same area and centroid, overlaps `alpha` best, and
+    that overlap (soft intersection over union)."""
+    area = float(alpha.sum())
+    ys, xs = np.mgrid[0:alpha.shape[0], 0:alpha.shape[1]] + 0.5  # pixel centres
+    mx, my = float((alpha * xs).sum()) / area, float((alpha * ys).sum()) / area
+
+    def overlap(shape: str) -> float:
+        half = np.sqrt(area / AREA[shape])
+        # A triangle's centroid lies a third of its half-extent below its box's centre.
+        ideal = shapes.coverage(shape, half, mx, my - half / 3 if shape == "triangle" else my)
+        return float(np.minimum(alpha, ideal).sum() / np.maximum(alpha, ideal).sum())
+
+    fits = {shape: overlap(shape) for shape in shapes.SHAPES}
+    best = max(fits, key=fits.get)
+    return best, fits[best]
 
 
 def grid_position(centre: tuple[float, float], resolution: int) -> str:

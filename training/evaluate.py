@@ -91,9 +91,10 @@ def caption_lines(text: str) -> list[str]:
     return text.split("\n")
 
 
-def markdown(accuracy: dict[str, float], psnr: float, count: int) -> str:
+def markdown(accuracy: dict[str, float], fit: float, psnr: float, count: int) -> str:
     lines = ["| measure | result | bar |", "|---|---|---|"]
     lines += [f"| {k} accuracy | {v:.1%} | >= {BARS[k]:.0%} |" for k, v in accuracy.items()]
+    lines.append(f"| shape fit, median (ideal drawings 0.97) | {fit:.2f} | |")
     lines.append(f"| VAE PSNR (held-out) | {psnr:.1f} dB | >= {PSNR_BAR:.0f} dB |")
     return "\n".join(lines) + f"\n\n{count} images from held-out prompts, 20 steps."
 
@@ -106,16 +107,18 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [shapes.caption(s) for s in scenes]
     seeds = [i // len(held_out_scenes()) * 1000 + i for i in range(len(scenes))]
     images = generate(pipe, prompts, seeds, args)
-    accuracy = classify.score([classify.classify(im) for im in images], scenes)
+    verdicts = [classify.classify(im) for im in images]
+    accuracy = classify.score(verdicts, scenes)
+    fit = float(np.median([v.shape_fit or 0.0 for v in verdicts]))
     psnr = vae_psnr(pipe.vae)
     picks = random.Random(0).sample(range(len(images)), 32)
     sample_grid([images[i] for i in picks], [prompts[i] for i in picks]).save(
         args.grid or args.model / "samples.png")
     result = {"images": len(images), "steps": args.steps, "guidance_scale": args.guidance_scale,
-              "accuracy": accuracy, "vae_psnr_db": round(psnr, 2),
-              "passed": all(accuracy[k] >= b for k, b in BARS.items()) and psnr >= PSNR_BAR}
+              "accuracy": accuracy, "shape_fit_median": round(fit, 3), "vae_psnr_db": round(psnr, 2),
+              "passed": bool(all(accuracy[k] >= b for k, b in BARS.items()) and psnr >= PSNR_BAR)}
     (args.model / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(accuracy, psnr, len(images)))
+    print(markdown(accuracy, fit, psnr, len(images)))
 
 
 if __name__ == "__main__":

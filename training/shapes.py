@@ -95,21 +95,39 @@ def sample_scene(rng: random.Random, triple: tuple[str, str, str]) -> Scene:
     return Scene(colour, shape, background, size, position, half, cx, cy)
 
 
-def render(scene: Scene, resolution: int = RESOLUTION) -> Image.Image:
-    """Draw the scene anti-aliased: at SUPERSAMPLE x the size, then box-filtered down."""
-    k = SUPERSAMPLE * resolution / RESOLUTION
-    big = Image.new("RGB", (resolution * SUPERSAMPLE,) * 2, COLOURS[scene.background])
-    draw = ImageDraw.Draw(big)
-    x0, y0 = (scene.cx - scene.half) * k, (scene.cy - scene.half) * k
-    x1, y1 = (scene.cx + scene.half) * k, (scene.cy + scene.half) * k
-    fill = COLOURS[scene.colour]
-    if scene.shape == "circle":
-        draw.ellipse((x0, y0, x1, y1), fill=fill)
-    elif scene.shape == "square":
-        draw.rectangle((x0, y0, x1, y1), fill=fill)
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float],
+               fill) -> None:
+    """Draw one shape filling `box` (x0, y0, x1, y1): the triangle is upright, apex at the top."""
+    x0, y0, x1, y1 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
     else:  # an upright triangle filling half its bounding box
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+
+
+def supersampled(scene: Scene, resolution: int) -> tuple[float, float, float, float]:
+    """The scene's bounding box in the coordinates of the SUPERSAMPLE x canvas."""
+    k = SUPERSAMPLE * resolution / RESOLUTION
+    return ((scene.cx - scene.half) * k, (scene.cy - scene.half) * k,
+            (scene.cx + scene.half) * k, (scene.cy + scene.half) * k)
+
+
+def render(scene: Scene, resolution: int = RESOLUTION) -> Image.Image:
+    """Draw the scene anti-aliased: at SUPERSAMPLE x the size, then box-filtered down."""
+    big = Image.new("RGB", (resolution * SUPERSAMPLE,) * 2, COLOURS[scene.background])
+    draw_shape(ImageDraw.Draw(big), scene.shape, supersampled(scene, resolution), COLOURS[scene.colour])
     return big.resize((resolution, resolution), Image.Resampling.BOX)
+
+
+def coverage(shape: str, half: float, cx: float, cy: float) -> np.ndarray:
+    """(RESOLUTION, RESOLUTION) float32 in [0, 1]: how much of each pixel the shape covers,
+    anti-aliased exactly as `render` draws it."""
+    scene = Scene("white", shape, "black", "", "", half, cx, cy)
+    big = Image.new("L", (RESOLUTION * SUPERSAMPLE,) * 2, 0)
+    draw_shape(ImageDraw.Draw(big), shape, supersampled(scene, RESOLUTION), 255)
+    return np.asarray(big.resize((RESOLUTION,) * 2, Image.Resampling.BOX), np.float32) / 255
 
 
 def caption(scene: Scene, rng: random.Random | None = None, keep: float = 1.0) -> str:
