@@ -10,7 +10,10 @@ from __future__ import annotations
 from transformers import CLIPTokenizer
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-MAX_LENGTH = 77  # CLIP's context length, which Stable Diffusion pipelines pad to
+# Tokens per prompt, start and end included; pipelines pad every prompt to it. CLIP's is 77, but
+# the longest caption is 14 and the UNet attends to every padded place: 20 makes a training step
+# 0.84 -> 0.62 s (batch 64) and leaves room for 18 words.
+MAX_LENGTH = 20
 
 
 def byte_symbols() -> list[str]:
