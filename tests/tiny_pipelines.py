@@ -66,7 +66,7 @@ def seeded(factory, *args, **kwargs):
 
 
 def tokenizer() -> CLIPTokenizer:
-    return build_tokenizer(WORDS)
+    return build_tokenizer(WORDS, max_length=77)  # CLIP's, as the real families have
 
 
 def text_config(tok: CLIPTokenizer, **extra) -> CLIPTextConfig:
