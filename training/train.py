@@ -8,7 +8,8 @@ stopped (a resumed run may use another --threads): (1) the VAE on random 32x32 c
 dataset encoded once to latents, (3) the UNet and the CLIP text encoder together on those
 latents, with 10% caption dropout (so classifier-free guidance works), min-SNR loss weighting,
 extra weight on the latent pixels at and next to the shape, and EMA weights. The EMA weights
-are saved as a standard StableDiffusionPipeline folder. Evaluation is evaluate.py; this file only trains.
+are saved as a standard StableDiffusionPipeline folder. Evaluation is evaluate.py; this file
+only trains.
 """
 from __future__ import annotations
 
