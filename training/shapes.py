@@ -107,26 +107,25 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, f
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
 
 
-def supersampled(scene: Scene, resolution: int) -> tuple[float, float, float, float]:
-    """The scene's bounding box in the coordinates of the SUPERSAMPLE x canvas."""
+def supersampled(half: float, cx: float, cy: float, resolution: int) -> tuple[float, ...]:
+    """A shape's bounding box (given at RESOLUTION) on the SUPERSAMPLE x `resolution` canvas."""
     k = SUPERSAMPLE * resolution / RESOLUTION
-    return ((scene.cx - scene.half) * k, (scene.cy - scene.half) * k,
-            (scene.cx + scene.half) * k, (scene.cy + scene.half) * k)
+    return (cx - half) * k, (cy - half) * k, (cx + half) * k, (cy + half) * k
 
 
 def render(scene: Scene, resolution: int = RESOLUTION) -> Image.Image:
     """Draw the scene anti-aliased: at SUPERSAMPLE x the size, then box-filtered down."""
     big = Image.new("RGB", (resolution * SUPERSAMPLE,) * 2, COLOURS[scene.background])
-    draw_shape(ImageDraw.Draw(big), scene.shape, supersampled(scene, resolution), COLOURS[scene.colour])
+    box = supersampled(scene.half, scene.cx, scene.cy, resolution)
+    draw_shape(ImageDraw.Draw(big), scene.shape, box, COLOURS[scene.colour])
     return big.resize((resolution, resolution), Image.Resampling.BOX)
 
 
 def coverage(shape: str, half: float, cx: float, cy: float) -> np.ndarray:
     """(RESOLUTION, RESOLUTION) float32 in [0, 1]: how much of each pixel the shape covers,
     anti-aliased exactly as `render` draws it."""
-    scene = Scene("white", shape, "black", "", "", half, cx, cy)
     big = Image.new("L", (RESOLUTION * SUPERSAMPLE,) * 2, 0)
-    draw_shape(ImageDraw.Draw(big), shape, supersampled(scene, RESOLUTION), 255)
+    draw_shape(ImageDraw.Draw(big), shape, supersampled(half, cx, cy, RESOLUTION), 255)
     return np.asarray(big.resize((RESOLUTION,) * 2, Image.Resampling.BOX), np.float32) / 255
 
 
