@@ -6,7 +6,8 @@
 Three phases, each checkpointed (safetensors) in --work so an interrupted run resumes where it
 stopped (a resumed run may use another --threads): (1) the VAE on random 32x32 crops, (2) the
 dataset encoded once to latents, (3) the UNet and the CLIP text encoder together on those
-latents, with 10% caption dropout (so classifier-free guidance works), min-SNR loss weighting,
+latents, with 10% caption dropout (so classifier-free guidance works), captions swapped for
+others' at low noise (so img2img at low strength keeps the picture), min-SNR loss weighting,
 extra weight on the latent pixels at and next to the shape, and EMA weights. The EMA weights
 are saved as a standard StableDiffusionPipeline folder. Evaluation is evaluate.py; this file
 only trains.
@@ -39,6 +40,18 @@ LINEAR_PREVIEW_WEIGHT = 0.05  # weight of the latents' linear-decodability term 
 # with 0.5 and 9% without (v1, uniform, placed 11% after 3200 steps).
 HIGH_NOISE_SHARE = 0.4
 HIGH_NOISE_FROM = 600
+# At low noise the noisy picture shows its colours and shape plainly, so there captions are
+# swapped for other pictures': all of them below t = LOW_NOISE_FULL (SNR 4.5), a share falling
+# linearly to none at LOW_NOISE_UNTIL (SNR 0.9). The model learns that the picture, not the
+# caption, decides what is already drawn, so img2img at low strength keeps the picture under
+# guidance 7.5 (v6, whose captions always matched, turned a red circle into a blue square from
+# strength 0.1); in txt2img picture and caption agree by then. v7 swapped half of them below
+# t = 300: it kept the red at strength 0.2 but squared the circle.
+LOW_NOISE_FULL, LOW_NOISE_UNTIL = 150, 350
+# Share of captions that name only one colour of the picture (the shape's or the background's),
+# so that a bare colour word, e.g. the negative prompt "red", means "red anywhere". v7, which never
+# saw one, read "red" as a red shape: as a negative prompt it made the backgrounds red instead.
+COLOUR_ONLY = 0.05
 EMA_DECAY = 0.995     # v0 used 0.999, which lagged a short run: its raw weights scored better
 CHECKPOINT_EVERY = 250
 
@@ -53,12 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-steps", type=int, default=1000)
     p.add_argument("--vae-batch", type=int, default=64)
     p.add_argument("--vae-lr", type=float, default=1.5e-3)
-    p.add_argument("--unet-steps", type=int, default=3200)
+    p.add_argument("--unet-steps", type=int, default=3800)
     p.add_argument("--unet-batch", type=int, default=64)
     p.add_argument("--unet-lr", type=float, default=8e-4)
     # v5 (0) against v6 (4), otherwise the same run: shape 86.5% -> 99.0% (model card).
     p.add_argument("--foreground-weight", type=float, default=4.0,
                    help="extra loss weight of the latent pixels at and around the shape")
+    p.add_argument("--low-noise-mismatch", type=float, default=1.0,
+                   help=f"share of captions swapped for another picture's at t < {LOW_NOISE_FULL}")
     p.add_argument("--scale", type=int, default=1, help="width multiplier for bigger models")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -70,7 +85,8 @@ def make_dataset(seed: int, count: int, tokenizer) -> tuple[torch.Tensor, torch.
     rng = random.Random(seed)
     batch = shapes.scenes(seed, count, shapes.training_triples())
     images = torch.from_numpy(shapes.render_batch(batch)).permute(0, 3, 1, 2)
-    captions = [shapes.caption(s, rng, CAPTION_KEEP) for s in batch]
+    captions = [rng.choice([s.colour, s.background]) if rng.random() < COLOUR_ONLY
+                else shapes.caption(s, rng, CAPTION_KEEP) for s in batch]
     ids = tokenizer(captions, padding="max_length", max_length=vocab.MAX_LENGTH,
                     truncation=True, return_tensors="pt").input_ids
     return images.float() / 127.5 - 1.0, ids
@@ -210,11 +226,14 @@ def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, empty_ids: to
     def loss_fn(g: torch.Generator) -> torch.Tensor:
         index = torch.randint(0, len(latents), (args.unet_batch,), generator=g)
         x0, cond = latents[index], ids[index].clone()
-        cond[torch.rand(len(cond), generator=g) < CAPTION_DROPOUT] = empty_ids
         t = torch.randint(0, len(alphas_cumprod), (len(x0),), generator=g)
         high = torch.rand(len(x0), generator=g) < HIGH_NOISE_SHARE
         t = torch.where(high, torch.randint(HIGH_NOISE_FROM, len(alphas_cumprod), (len(x0),),
                                             generator=g), t)
+        share = ((LOW_NOISE_UNTIL - t) / (LOW_NOISE_UNTIL - LOW_NOISE_FULL)).clamp(0, 1)
+        swap = torch.rand(len(x0), generator=g) < share * args.low_noise_mismatch
+        cond[swap] = ids[torch.randint(0, len(ids), (int(swap.sum()),), generator=g)]
+        cond[torch.rand(len(cond), generator=g) < CAPTION_DROPOUT] = empty_ids
         noise = torch.randn(x0.shape, generator=g)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
