@@ -1,6 +1,6 @@
 """Train the bundled "tiny shapes" text-to-image model from scratch, reproducibly from a seed.
 
-    python -m training.train --out models/tiny-shapes            # about 58 minutes on 2 CPU cores
+    python -m training.train --out models/tiny-shapes            # about 56 minutes on 2 CPU cores
     python -m training.train --out /tmp/big --scale 2 --device cuda --unet-steps 20000  # a GPU run
 
 Three phases, each checkpointed (safetensors) in --work so an interrupted run resumes where it
