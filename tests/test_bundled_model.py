@@ -9,7 +9,7 @@ import pytest
 # The bundled model v8 meets the evaluation's bars (see its model card), but some behaviour we
 # require is not there yet. These tests state it; strict xfail makes the suite fail the day one
 # starts passing, so its marker goes.
-MODEL_GAP = pytest.mark.xfail(strict=True, reason="the bundled model (v8) does not do this yet (issue 3)")
+MODEL_GAP = pytest.mark.xfail(strict=True, reason="the bundled model (v8) does not do this yet (model card, Limits)")
 
 from diffusers import StableDiffusionPipeline
 from PIL import Image
