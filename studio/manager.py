@@ -204,7 +204,7 @@ class PipelineManager:
             raise StudioError(f"model={model.source.name!r} is unconditional (no prompt, no image "
                               "input): image to image needs a text-to-image model.")
         pipe = model.img2img if request.is_img2img else model.runner
-        pipe.scheduler = schedulers.make_scheduler(request.scheduler, model.scheduler_config)
+        pipe.scheduler = schedulers.make_scheduler(request.scheduler, model.scheduler_config, seeds)
         request = dataclasses.replace(request, width=width, height=height, seed=base_seed)
 
         # 2. Prompts: warn where the text encoder cuts them; clip_skip done right

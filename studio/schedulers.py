@@ -37,8 +37,13 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
 NAMES = [DEFAULT, *SCHEDULERS]
 
 
-def make_scheduler(name: str, model_config: dict):
-    """A new scheduler called `name`, configured from the model's own scheduler config."""
+def make_scheduler(name: str, model_config: dict, seeds: list[int] | None = None):
+    """A new scheduler called `name`, configured from the model's own scheduler config.
+
+    `seeds`, one per image, seed the noise that DPM++ SDE draws from its Brownian tree; without
+    them diffusers seeds that tree from torch's global generator, so the same request would give
+    another picture each time.
+    """
     if name == DEFAULT:
         cls_name, extra = model_config["_class_name"], {}
     elif name in SCHEDULERS:
@@ -50,11 +55,14 @@ def make_scheduler(name: str, model_config: dict):
     # config that never mentions it comes from a scheduler without the option (Euler, PNDM...),
     # i.e. a latent model, so we do not clip; a config that sets it keeps its choice.
     config = {"clip_sample": False, **model_config, **extra}
+    keywords = {}
+    if seeds and accepts(cls, "noise_sampler_seed"):
+        keywords["noise_sampler_seed"] = list(seeds)  # one tree per image, as in a batch
     if config.get("rescale_betas_zero_snr") and not accepts(cls, "rescale_betas_zero_snr") \
             and accepts(cls, "trained_betas"):
         # (a keyword: from_config drops a trained_betas found in the config dict itself)
-        return cls.from_config(config, trained_betas=zero_snr_betas(model_config))
-    return cls.from_config(config)
+        keywords["trained_betas"] = zero_snr_betas(model_config)
+    return cls.from_config(config, **keywords)
 
 
 def accepts(cls, parameter: str) -> bool:

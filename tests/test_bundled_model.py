@@ -117,8 +117,8 @@ def test_img2img_at_high_strength_follows_the_prompt(bundled_manager, red_circle
     assert (seen.colour, seen.shape) == ("blue", "square")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=MODEL_GAP) if n in ("Heun", "DPM++ SDE") else n
-                                  for n in schedulers.SCHEDULERS])  # Heun: orange; DPM++ SDE: white
+@pytest.mark.parametrize("name", [pytest.param(n, marks=MODEL_GAP) if n == "Heun" else n
+                                  for n in schedulers.SCHEDULERS])  # Heun: orange
 def test_it_runs_under_every_scheduler(bundled_manager, name):
     result = bundled_manager.generate(GenerationRequest(
         prompt="a large yellow square in the center on a blue background", scheduler=name, seed=1,
