@@ -5,6 +5,7 @@ training/classify.py, so these tests check behaviour, not just shapes. Seeds are
 """
 import numpy as np
 import pytest
+import torch
 
 # The bundled model v8 meets the evaluation's bars (see its model card), but some behaviour we
 # require is not there yet. These tests state it; strict xfail makes the suite fail the day one
@@ -117,12 +118,34 @@ def test_img2img_at_high_strength_follows_the_prompt(bundled_manager, red_circle
     assert (seen.colour, seen.shape) == ("blue", "square")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=MODEL_GAP) if n == "Heun" else n
-                                  for n in schedulers.SCHEDULERS])  # Heun: orange
-def test_it_runs_under_every_scheduler(bundled_manager, name):
+# Every sampler but LCM (meant for distilled models) must draw the prompt at few and many steps.
+# Until the zero-terminal-SNR fixes in studio/schedulers.py, Heun drew noise at 8 and 20 steps
+# (0 of 16), DPM2 a and PLMS at 8, DPM++ 2M Karras a blob at 8 and crashed at 50. Each cell is one
+# batch of the 16 held-out colour/shape/background triples (never in training), seeds 0-15.
+# Left as stated gaps: at 8 steps PLMS's extrapolation still blotches (3 of 16) and DPM2 a draws
+# clean pictures in the wrong colours (7 of 16); both follow from 20 steps.
+SAMPLER_PROMPTS = [(f"a {('large', 'small')[i % 2]} {colour} {shape} on a {background} background", colour, background)
+                   for i, (colour, shape, background) in enumerate(shapes.HELD_OUT)]
+SAMPLER_GAPS = {("PLMS", 8), ("DPM2 a", 8)}
+
+
+@pytest.mark.parametrize("steps", [8, 20, 50])
+@pytest.mark.parametrize("name", [n for n in schedulers.NAMES if n != "LCM"])
+def test_every_sampler_draws_the_prompts_colours(bundled_manager, name, steps, request):
+    if (name, steps) in SAMPLER_GAPS:
+        request.applymarker(MODEL_GAP)
+    pipe = bundled_manager.loaded.txt2img
+    seeds = list(range(len(SAMPLER_PROMPTS)))
+    pipe.scheduler = schedulers.make_scheduler(name, bundled_manager.loaded.scheduler_config, seeds)
+    images = pipe([p for p, _, _ in SAMPLER_PROMPTS], num_inference_steps=steps, guidance_scale=7.5,
+                  generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pil").images
+    drawn = [(v.colour, v.background) for v in map(verdict, images)]
+    right = sum(seen == (colour, background) for seen, (_, colour, background) in zip(drawn, SAMPLER_PROMPTS))
+    assert right >= 12, f"{name} at {steps} steps drew {right} of {len(SAMPLER_PROMPTS)}: {drawn}"
+
+
+def test_lcm_runs_on_the_bundled_model(bundled_manager):
     result = bundled_manager.generate(GenerationRequest(
-        prompt="a large yellow square in the center on a blue background", scheduler=name, seed=1,
-        num_inference_steps=20, guidance_scale=1.5 if name == "LCM" else 7.5))
+        prompt="a large yellow square in the center on a blue background", scheduler="LCM", seed=1,
+        num_inference_steps=4, guidance_scale=1.5))
     assert result.images[0].size == (shapes.RESOLUTION, shapes.RESOLUTION)
-    if name != "LCM":  # LCM's schedule is for distilled models; on this one it only has to run
-        assert verdict(result.images[0]).colour == "yellow"

@@ -93,7 +93,8 @@ def parameter_panel(tab: str, native_size: int, default_prompt: str,
         height = gr.Slider(MIN_SIDE, MAX_SIDE, value=native_size, step=8, label="Height", elem_id=f"{tab}-height")
     with gr.Row():
         scheduler = gr.Dropdown(schedulers.NAMES, value=schedulers.DEFAULT, label="Sampler",
-                                elem_id=f"{tab}-scheduler", info="Default: the model's own")
+                                elem_id=f"{tab}-scheduler",
+                                info=f"Default: the model's own · LCM: {schedulers.HINTS['LCM']}")
         batch = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size", elem_id=f"{tab}-batch",
                           info="pictures made together in one run")
         count = (gr.Slider(1, MAX_BATCH_COUNT, value=1, step=1, label="Batch count", elem_id=f"{tab}-batch-count",
