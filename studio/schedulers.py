@@ -38,7 +38,7 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
 }
 NAMES = [DEFAULT, *SCHEDULERS]
 HINTS = {
-    "LCM": "for LCM-distilled models (and LCM LoRAs), at 2-8 steps and guidance 1-2; on other models it blurs",
+    "LCM": "only for LCM-distilled models (2-8 steps, guidance 1-2)",
 }
 # Samplers whose first step is not a first-order step: Heun and the DPM2s evaluate the model twice
 # per step and combine the two, and PLMS averages its first two noise predictions and then

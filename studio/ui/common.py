@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
+from typing import NamedTuple
 
 import gradio as gr
 from PIL import Image
@@ -116,21 +118,36 @@ def random_seed_value() -> int:
     return -1
 
 
+class Update(NamedTuple):
+    """One thing a run has to show: a preview picture, the finished result, a status line."""
+    picture: object = None
+    result: object = None
+    status: str | None = None
+    step: bool = False  # a step's progress, which may be skipped when a newer one comes soon
+
+
+STATUS_EVERY = 0.25  # seconds between status lines that carry no preview picture
+
+
 def run_stream(stream, progress: gr.Progress, label: str = ""):
-    """Yield (preview, result) pairs from a manager stream; user errors become gr.Error.
-    `label` goes before the step count in the progress text ("batch 2/3 · ")."""
+    """Yield Updates from a manager stream; user errors become gr.Error. `label` goes before the
+    step count ("batch 2/3 · "). A Stop ends it with the status "Stopped at step k of N."."""
+    started = time.perf_counter()
     try:
         for event in stream:
             if event[0] == "step":
                 _, step, total, previews = event
                 progress((step, total), desc=f"{label}step {step}/{total}")
-                yield (previews[0] if previews else None), None
+                rate = step / max(time.perf_counter() - started, 1e-9)
+                yield Update(picture=previews[0] if previews else None,
+                             status=f"{label}step {step} of {total} · {rate:.1f} steps/s", step=True)
             else:
                 for warning in event[1].warnings:
                     gr.Warning(warning)
-                yield None, event[1]
+                yield Update(result=event[1])
     except GenerationCancelled as exc:
         gr.Info(str(exc))
+        yield Update(status=f"**{label}{exc}**")
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     finally:
@@ -139,14 +156,19 @@ def run_stream(stream, progress: gr.Progress, label: str = ""):
 
 async def stream_steps(stream, progress: gr.Progress, stop_flag, label: str = ""):
     """`run_stream` for async event functions: each step is awaited in a worker thread, so the
-    event yields only what it has to show (a preview), not once a step.
+    event yields only what it has to show (a preview, or a status line every STATUS_EVERY s),
+    not once a step.
 
     Gradio stops an event by cancelling its task (an API client's cancel, a closed page). A sync
     generator learns of that only at its next yield; here the await raises at once, and
     `stop_flag` makes the manager end the run after the step under way."""
     steps = run_stream(stream, progress, label)
+    shown = 0.0
     try:
         while (item := await asyncio.to_thread(next, steps, None)) is not None:
+            if item.step and item.picture is None and time.monotonic() - shown < STATUS_EVERY:
+                continue
+            shown = time.monotonic()
             yield item
     except asyncio.CancelledError:
         stop_flag.set()  # the abandoned thread sees the flag and finishes the stream itself
@@ -155,6 +177,16 @@ async def stream_steps(stream, progress: gr.Progress, stop_flag, label: str = ""
         stop_flag.set()
         steps.close()
         raise
+
+
+def running_buttons():
+    """While a run goes: Generate waits for it, Stop can stop it."""
+    return gr.Button(interactive=False), gr.Button(interactive=True)
+
+
+def idle_buttons():
+    """No run: Generate can start one, Stop has nothing to stop."""
+    return gr.Button(interactive=True), gr.Button(interactive=False)
 
 
 def describe_result(result) -> str:

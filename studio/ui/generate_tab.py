@@ -55,7 +55,7 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
                                            common.preview_choices(manager))
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}-generate")
-                stop = gr.Button("Stop", variant="stop", elem_id=f"{tab}-stop")
+                stop = gr.Button("Stop", variant="stop", elem_id=f"{tab}-stop", interactive=False)
         with gr.Column(scale=6):
             preview = gr.Image(label="Live preview", interactive=False, elem_classes="studio-picture", elem_id=f"{tab}-live-preview",
                                height=256, format="png")
@@ -78,12 +78,14 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
             final = None
             # Steps are awaited, not yielded: the event yields only a preview picture, as messages
             # to the browser cost milliseconds each (benchmarks/RESULTS.md, section 4).
-            async for picture, result in common.stream_steps(manager.stream(generation, stop_flag), progress,
-                                                             stop_flag, label):
-                if result is not None:
-                    final = result
-                elif picture is not None:
-                    yield picture, *[gr.skip()] * 6
+            async for update in common.stream_steps(manager.stream(generation, stop_flag), progress,
+                                                    stop_flag, label):
+                if update.result is not None:
+                    final = update.result
+                else:  # a step's preview and status line, or "Stopped at step k of N."
+                    lines = [common.describe_result(f) for f in finals] + [update.status]
+                    yield (gr.skip() if update.picture is None else update.picture, gr.skip(),
+                           "  \n".join(lines), *[gr.skip()] * 4)
             if final is None:  # stopped: the batches done so far stay
                 break
             paths = await asyncio.to_thread(writer.write, final)
@@ -97,9 +99,14 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
 
     inputs = ([runs, run_files] + panel.inputs() + ([image, strength] if mode == "img2img" else [])
               + [panel.batch_count])  # last, so API callers may leave it out (default 1)
-    generate.click(run, inputs=inputs, outputs=[preview, gallery, info, last_seed, runs, last_image, run_files],
-                   api_name=tab, concurrency_id=common.GPU, concurrency_limit=1).success(
-        open_first, outputs=gallery, api_visibility="private", queue=False)
+    # Generate first clears the last run's picture and seed line and swaps the buttons, so a
+    # second press cannot be lost silently and Stop is there only while something runs.
+    running = generate.click(clear_for_run, outputs=[generate, stop, preview, gallery, info],
+                             api_visibility="private", queue=False).then(
+        run, inputs=inputs, outputs=[preview, gallery, info, last_seed, runs, last_image, run_files],
+        api_name=tab, concurrency_id=common.GPU, concurrency_limit=1)
+    running.success(open_first, outputs=gallery, api_visibility="private", queue=False)
+    running.then(common.idle_buttons, outputs=[generate, stop], api_visibility="private", queue=False)
     def stop_run(request: gr.Request) -> None:
         """Stop this session's run at its next step; the run then ends normally and says so.
         (Gradio's own `cancels=` would close the generator mid-stream, which its front end
@@ -126,6 +133,11 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
                     api_visibility="private", concurrency_id=common.GPU, concurrency_limit=1)
     return {"panel": panel, "image": image, "strength": strength, "gallery": gallery,
             "preview": preview, "generate": generate}
+
+
+def clear_for_run():
+    """The buttons of a running tab, and no picture or seed line of the run before."""
+    return *common.running_buttons(), None, None, "Starting…"
 
 
 def open_first():

@@ -66,7 +66,7 @@ def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State,
                                       placeholder=EXAMPLES["seed"], scale=2)
             with gr.Row():
                 generate = gr.Button("Generate plot", variant="primary", elem_id="xyplot-generate")
-                stop = gr.Button("Stop", variant="stop", elem_id="xyplot-stop")
+                stop = gr.Button("Stop", variant="stop", elem_id="xyplot-stop", interactive=False)
             panel = common.parameter_panel("xyplot", manager.info.native_size, DEFAULT_PROMPT, batch_count=False)
             panel.preview.visible = False  # a plot shows no live preview; its runs decode none
             with gr.Accordion("Starting picture (image to image; a strength axis needs one)", open=False):
@@ -118,8 +118,11 @@ def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State,
         stops.setdefault(request.session_hash, threading.Event()).set()
 
     inputs = [runs, run_files, *panel.inputs(), image, strength, x_type, x_values, y_type, y_values]
-    generate.click(run, inputs=inputs, outputs=[grid, gallery, info, runs, run_files, last_image, last_seed],
-                   api_name="xy_plot", concurrency_id=common.GPU, concurrency_limit=1)
+    running = generate.click(common.running_buttons, outputs=[generate, stop], api_visibility="private",
+                             queue=False).then(
+        run, inputs=inputs, outputs=[grid, gallery, info, runs, run_files, last_image, last_seed],
+        api_name="xy_plot", concurrency_id=common.GPU, concurrency_limit=1)
+    running.then(common.idle_buttons, outputs=[generate, stop], api_visibility="private", queue=False)
     stop.click(stop_run, api_visibility="private", queue=False)
     panel.reuse_seed.click(generate_tab.reuse, inputs=last_seed, outputs=panel.seed, api_visibility="private",
                            queue=False)
