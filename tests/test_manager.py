@@ -237,10 +237,16 @@ def test_cpu_offload_without_an_accelerator_is_a_clear_error(make_manager, sd1_d
         make_manager(sd1_dir, cpu_offload=True)
 
 
-def test_device_auto_is_cpu_here_and_a_missing_device_names_the_available_ones():
+def test_device_auto_takes_the_first_accelerator_and_a_missing_device_names_the_available_ones(monkeypatch):
+    monkeypatch.setattr(devices, "available_devices", lambda: ["cpu"])
     assert devices.choose_device("auto") == "cpu"
     with pytest.raises(StudioError, match=r"device='cuda' is not available here; available: cpu"):
         devices.choose_device("cuda")
+    monkeypatch.setattr(devices, "available_devices", lambda: ["mps", "xpu", "cpu"])
+    assert devices.choose_device("auto") == "mps"
+    monkeypatch.setattr(devices, "available_devices", lambda: ["cuda", "xpu", "cpu"])
+    assert devices.choose_device("auto") == "cuda"
+    assert devices.choose_device("cuda:1") == "cuda:1"
 
 
 def test_precision_auto_is_float32_on_cpu_and_float16_on_gpus():
