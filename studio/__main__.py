@@ -18,8 +18,16 @@ from studio.errors import StudioError
 from studio.requests import GenerationRequest, batches
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (and exit status 2), not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m studio", description="Diffusion Studio from the command line.")
+    # Nothing here imports torch or diffusers: --help and bad arguments answer at once.
+    parser = OneLineParser(prog="python -m studio", description="Diffusion Studio from the command line.")
     commands = parser.add_subparsers(dest="command", required=True)
     g = commands.add_parser("generate", help="make images from a prompt (and optionally an image)")
     g.add_argument("--prompt", required=True)

@@ -3,16 +3,14 @@
 The one home of that mapping. `make_scheduler` builds a fresh scheduler from the model's own
 scheduler config, so every run starts from clean state and keeps the model's noise schedule and
 prediction type (epsilon or v). "Default" is the model's own scheduler, unchanged.
-This module does not run schedulers.
+This module does not run schedulers. It imports diffusers only when it builds one, so the names
+serve the command line's --help and argument checks without loading diffusers and torch.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import math
-
-import diffusers
-import torch
 
 from studio.errors import StudioError
 
@@ -63,6 +61,8 @@ def make_scheduler(name: str, model_config: dict, seeds: list[int] | None = None
         cls_name, extra = SCHEDULERS[name]
     else:
         raise StudioError(f"scheduler={name!r} is not known; choose one of: {', '.join(NAMES)}.")
+    import diffusers
+
     cls = getattr(diffusers, cls_name)
     # DDIM/DDPM/LCM default to clipping x0 to [-1, 1], right for pixels, wrong for latents. A
     # config that never mentions it comes from a scheduler without the option (Euler, PNDM...),
@@ -100,6 +100,9 @@ def zero_snr_betas(model_config: dict) -> list[float]:
     As diffusers' Euler does, the last cumulative alpha is 2^-24 rather than 0, which would make
     the first sigma infinite.
     """
+    import diffusers
+    import torch
+
     alphas_cumprod = diffusers.DDPMScheduler.from_config(model_config).alphas_cumprod.double().clone()
     alphas_cumprod[-1] = 2.0 ** -24
     previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
@@ -108,6 +111,8 @@ def zero_snr_betas(model_config: dict) -> list[float]:
 
 def unrescaled_sigma_max(model_config: dict) -> float:
     """The largest sigma of the model's betas before any zero-terminal-SNR rescale."""
+    import diffusers
+
     plain = diffusers.DDPMScheduler.from_config({**model_config, "rescale_betas_zero_snr": False})
     alpha_bar = float(plain.alphas_cumprod[-1])
     return math.sqrt((1 - alpha_bar) / alpha_bar)
@@ -126,7 +131,7 @@ def take_first_step_first_order(scheduler) -> None:
 
     @functools.wraps(original)  # keeps `generator` in the signature for the ancestral ones
     def step(model_output, timestep, sample, *args, **kwargs):
-        if isinstance(scheduler, diffusers.PNDMScheduler):
+        if type(scheduler).__name__ == "PNDMScheduler":
             return plms_step(scheduler, original, model_output, timestep, sample, *args, **kwargs)
         second_call_of_step_1 = scheduler.step_index == 1 and not scheduler.state_in_first_order
         if second_call_of_step_1:
@@ -155,14 +160,15 @@ def plms_step(scheduler, original, model_output, timestep, sample, *args, **kwar
 
 def corrector_sigma(scheduler) -> float:
     """The sigma at which a two-stage scheduler's second call reads its x0."""
-    if isinstance(scheduler, diffusers.HeunDiscreteScheduler):
+    kind = type(scheduler).__name__
+    if kind == "HeunDiscreteScheduler":
         return float(scheduler.sigmas[scheduler.step_index])
-    if isinstance(scheduler, diffusers.KDPM2AncestralDiscreteScheduler):
+    if kind == "KDPM2AncestralDiscreteScheduler":
         return float(scheduler.sigmas_interpol[scheduler.step_index - 1])
     return float(scheduler.sigmas_interpol[scheduler.step_index])  # KDPM2
 
 
-def output_for_x0(scheduler, sample: torch.Tensor, x0: torch.Tensor, sigma: float) -> torch.Tensor:
+def output_for_x0(scheduler, sample, x0, sigma: float):
     """The model output from which the scheduler reads `x0` at `sigma` (sigma-scale sample,
     Karras et al. 2022: x0 = c_skip x + c_out F; epsilon: x0 = x - sigma eps)."""
     if scheduler.config.prediction_type == "v_prediction":

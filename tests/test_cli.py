@@ -84,3 +84,26 @@ def test_trajectory_folder_gets_every_step_a_gif_and_a_contact_sheet(sd1_dir, tm
     names = {p.name for p in (tmp_path / "steps").iterdir()}
     assert {"step_001_xt.png", "step_003_x0.png", "trajectory.gif", "contact_sheet.png"} <= names
     assert "trajectory: 8 files" in capsys.readouterr().out
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "studio", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_help_and_argument_errors_answer_without_loading_torch_or_diffusers():
+    # (importing them took 13 s on a busy machine before --help could answer)
+    probe = ("import sys\nfrom studio.__main__ import main\ntry:\n    main(['generate', '--help'])\n"
+             "except SystemExit:\n    pass\nprint(sorted({'torch', 'diffusers', 'gradio'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("[]")
+    assert "--guidance-scale" in done.stdout
+
+
+def test_a_value_argparse_rejects_is_one_line_naming_it():
+    done = run_cli("generate", "--prompt", "x", "--out", "x.png", "--steps", "abc")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: argument --steps: invalid int value: 'abc' (see python -m studio generate --help)"]
+    assert not (ROOT / "x.png").exists()
