@@ -6,8 +6,8 @@ decoders, and captioned with the step, timestep and sigma. `write_trajectory` is
 """
 from __future__ import annotations
 
+import functools
 import math
-
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -17,12 +17,24 @@ CAPTION = 16
 GIF_MS_PER_FRAME = 150
 
 
+FONT_FILE = "DejaVuSans.ttf"  # Debian's fonts-dejavu-core; it has σ, Pillow's default font has not
+
+
+@functools.lru_cache(maxsize=8)
 def font(size: int = 11) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
+    try:
+        return ImageFont.truetype(FONT_FILE, size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def sigma_sign() -> str:
+    """σ where the font draws it, else the word (never a missing-glyph box)."""
+    return "σ" if isinstance(font(), ImageFont.FreeTypeFont) and FONT_FILE in str(font().path) else "sigma"
 
 
 def caption(step) -> str:
-    return f"step {step.index + 1}  t={step.timestep:.0f}  σ={step.sigma:.2f}"
+    return f"step {step.index + 1}  t={step.timestep:.0f}  {sigma_sign()}={step.sigma:.2f}"
 
 
 def step_pictures(manager, trajectory, kind: str = "fast", image_index: int = 0) -> list[tuple]:
@@ -64,15 +76,16 @@ def animated_gif(pairs: list[tuple], steps, path: Path) -> Path:
     return path
 
 
-def schedule_chart(trajectory, current: int | None = None, size=(420, 200)) -> Image.Image:
+def schedule_chart(trajectory, current: int | None = None, size=(420, 220)) -> Image.Image:
     """Sigma over the N steps, on a log scale; the current step marked; img2img's skipped steps greyed.
 
     Log scale, because sigma spans orders of magnitude: 14.6 to 0.03 for Stable Diffusion, and
-    up to 4096 for a zero-terminal-SNR schedule like the bundled model's.
+    up to 4096 for a zero-terminal-SNR schedule like the bundled model's. Each power of ten is a
+    labelled grid line, and the step axis has five labelled ticks.
     """
     sigmas = trajectory.schedule or [s.sigma for s in trajectory.steps]
     width, height = size
-    left, right, top, bottom = 52, 12, 10, 28
+    left, right, top, bottom = 56, 14, 22, 40
     chart = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(chart)
     positive = [s for s in sigmas if s > 0] or [1.0]
@@ -89,19 +102,26 @@ def schedule_chart(trajectory, current: int | None = None, size=(420, 200)) -> I
     if start:
         draw.rectangle((left, top, xy(start, 0)[0], height - bottom), fill=(235, 235, 235))
         draw.text((left + 4, top + 2), f"skipped by strength ({start})", fill="grey", font=font(10))
+    for power in range(math.ceil(low), math.floor(high) + 1):  # a grid line at each power of ten
+        y = xy(0, 10.0 ** power)[1]
+        draw.line((left, y, width - right, y), fill=(225, 225, 225))
+        draw.text((left - 4, y), number(10.0 ** power), fill="black", font=font(10), anchor="rm")
+    for tick in sorted({round(f * (len(sigmas) - 1)) for f in (0, 0.25, 0.5, 0.75, 1)}):
+        x = xy(tick, 1.0)[0]
+        draw.line((x, height - bottom, x, height - bottom + 4), fill="black")
+        draw.text((x, height - bottom + 6), str(tick + 1), fill="black", font=font(10), anchor="ma")
     draw.line([xy(i, s) for i, s in enumerate(sigmas)], fill=(40, 90, 200), width=2)
     draw.line((left, height - bottom, width - right, height - bottom), fill="black")
     draw.line((left, top, left, height - bottom), fill="black")
-    draw.text((left - 4, top), number(10 ** high), fill="black", font=font(10), anchor="ra")
-    draw.text((left - 4, height - bottom), number(10 ** low), fill="black", font=font(10), anchor="rb")
-    draw.text((left - 4, (top + height - bottom) / 2), "sigma", fill="grey", font=font(10), anchor="rm")
-    draw.text((left, height - bottom + 4), "step 1", fill="black", font=font(10))
-    draw.text((width - right, height - bottom + 4), f"step {len(sigmas)}", fill="black", font=font(10), anchor="ra")
+    draw.text((left, top - 4), f"noise level {sigma_sign()} (log scale)", fill="black", font=font(11), anchor="ld")
+    draw.text(((left + width - right) / 2, height - 4), "step", fill="black", font=font(11), anchor="md")
     if current is not None and trajectory.steps:
         step = trajectory.steps[current]
         x, y = xy(start + current, step.sigma)
         draw.line((x, top, x, height - bottom), fill=(220, 60, 60))
         draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=(220, 60, 60))
+        draw.text((min(x + 6, width - right - 60), max(y - 14, top)), f"{sigma_sign()}={step.sigma:.3g}",
+                  fill=(220, 60, 60), font=font(10))
     return chart
 
 

@@ -356,3 +356,38 @@ def test_a_foreign_png_with_unusable_values_warns_and_fills_the_rest(page, artif
     expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("20")  # kept
     expect(page.locator("#txt2img-scheduler input")).to_have_value("Default")  # kept
     page.screenshot(path=artifacts / "pnginfo-foreign-warnings.png", full_page=True)
+
+
+def test_the_viewer_of_an_img2img_run_agrees_with_its_slider_and_shows_every_frame(page, artifacts, tmp_path):
+    start = tmp_path / "start.png"
+    picture = Image.new("RGB", (64, 64), (40, 60, 220))
+    picture.paste((220, 40, 40), (16, 16, 48, 48))
+    picture.save(start)
+    page.click("#tab-img2img-button")
+    page.set_input_files("#img2img-image input[type=file]", start)
+    expect(page.locator("#img2img-image img").first).to_be_visible()
+    set_number(page, "img2img-strength", 0.3)
+    expect(page.locator("#img2img-steps-note")).to_contain_text("6 of 20 steps")
+    page.click("#img2img-generate")
+    expect(page.locator("#img2img-info")).to_contain_text(SEED_TEXT, timeout=GENERATION_SECONDS * 1000)
+
+    page.click("#tab-viewer-button")
+    page.click("#viewer-load")
+    caption = page.locator("#viewer-caption")
+    expect(caption).to_contain_text("Step 6 of the 6 that ran (20 of 20 scheduled")
+    expect(page.locator("#viewer-step input[type=number]")).to_have_value("6")
+    frames = page.locator("#viewer-filmstrip .thumbnail-item img, #viewer-filmstrip .grid-wrap img")
+    expect(frames).to_have_count(6)
+    fast_frame = frames.last.get_attribute("src")
+    page.screenshot(path=artifacts / "viewer-img2img-fast.png", full_page=True)
+
+    page.locator("#viewer-decoder").get_by_text("Full VAE").click()
+    expect(frames.last).not_to_have_attribute("src", fast_frame)  # the strip follows the decoder
+    for selector in ("#viewer-x0 img", "#viewer-xt img"):
+        expect_loaded_image(page, selector.removesuffix(" img"))
+    # every frame arrived whole: a broken <img> has no natural width
+    page.wait_for_function("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)",
+                           arg=frames.element_handles())
+    page.click("#viewer-export")
+    expect_loaded_image(page, "#viewer-gif-view")
+    page.screenshot(path=artifacts / "viewer-img2img-full-vae.png", full_page=True)

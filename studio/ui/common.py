@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import gradio as gr
+from gradio.processing_utils import hash_bytes
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 from studio import schedulers
@@ -45,6 +51,29 @@ class PictureUpload(gr.Image):
         except Exception as exc:
             raise gr.Error(f"{self.argument}={upload_name(payload)!r} could not be read as a picture "
                            f"({type(exc).__name__}: {exc}). Upload a PNG, JPEG or WebP file.") from exc
+
+
+def picture_file(image: Image.Image) -> str:
+    """`image` as a PNG in Gradio's cache under its content's (seeded, unguessable) hash, written
+    whole and only once; return this path instead of the PIL image.
+
+    Gradio writes a returned PIL image to <cache>/<hash>/image.png on every return, truncating the
+    file first. A picture shown twice (a settled step's x0 is also a filmstrip frame) was then
+    served while being rewritten: h11's "Too little data for declared Content-Length" and a
+    broken image that stayed broken. Files already in the cache are served as they are."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    path = Path(get_upload_folder()) / hash_bytes(data) / "image.png"
+    if path.exists():
+        os.utime(path)  # Gradio's cache pruning ages files by their time: this one is in use
+        return str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, staging = tempfile.mkstemp(dir=path.parent, prefix=".image.png.")
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+    os.replace(staging, path)  # whole or not at all, even with another writer at the same time
+    return str(path)
 
 
 def upload_name(payload) -> str:

@@ -84,7 +84,7 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
                     final = update.result
                 else:  # a step's preview and status line, or "Stopped at step k of N."
                     lines = [common.describe_result(f) for f in finals] + [update.status]
-                    yield (gr.skip() if update.picture is None else update.picture, gr.skip(),
+                    yield (gr.skip() if update.picture is None else common.picture_file(update.picture), gr.skip(),
                            "  \n".join(lines), *[gr.skip()] * 4)
             if final is None:  # stopped: the batches done so far stay
                 break
@@ -124,7 +124,8 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
             if picture is None or strength_note(steps, strength_).startswith("⚠️"):
                 return None
             try:
-                return manager.forward_process(picture, strength=strength_, num_inference_steps=steps).picture
+                start = manager.forward_process(picture, strength=strength_, num_inference_steps=steps)
+                return common.picture_file(start.picture)
             except StudioError as exc:
                 raise gr.Error(str(exc)) from exc
 

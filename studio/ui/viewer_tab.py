@@ -8,6 +8,8 @@ decoders; this module only lays out and wires events.
 from __future__ import annotations
 
 import tempfile
+import weakref
+from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 
@@ -40,6 +42,44 @@ def pick(runs: list, choice) -> object:
     return runs[index]
 
 
+def step_caption(trajectory, number: int) -> str:
+    """"Step 12 of 12"; for a run that ran fewer steps than it scheduled (img2img, Stop), which of
+    the ones that ran, and where that is in the schedule, so the header and the slider agree."""
+    entry, ran, total = trajectory.steps[number - 1], len(trajectory.steps), trajectory.num_inference_steps
+    head = f"**Step {number} of {total}**"
+    if ran != total:
+        skipped = f"; strength skipped the first {trajectory.start_step}" if trajectory.start_step else ""
+        head = (f"**Step {number} of the {ran} that ran** ({trajectory.start_step + number} of {total} "
+                f"scheduled{skipped})")
+    noise_share = (entry.sigma ** 2 / (1 + entry.sigma ** 2)) ** 0.5
+    return (f"{head} · timestep t = {entry.timestep:.0f} · σ = {entry.sigma:.3f} · "
+            f"noise share √(1−ᾱ) = {noise_share:.2f}")
+
+
+# Decoded pictures by (trajectory, step, latents or x0, decoder): a scrub back and forth decodes
+# each step once (a full-VAE decode of a Stable Diffusion-size step takes seconds on a CPU).
+DECODED_LIMIT = 4096
+decoded: OrderedDict[tuple, tuple[weakref.ref, str]] = OrderedDict()
+
+
+def step_picture(manager, trajectory, index: int, which: str, decoder: str) -> str:
+    """The file of step `index`'s x_t ("latents") or x0, decoded with `decoder`, first image."""
+    key = (id(trajectory), index, which, decoder)
+    known = decoded.get(key)
+    if known is not None and known[0]() is trajectory and Path(known[1]).exists():
+        decoded.move_to_end(key)
+        return known[1]
+    latents = getattr(trajectory.steps[index], which)[:1]
+    try:
+        path = common.picture_file(manager.previews.decode(manager.loaded, latents, decoder)[0])
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    decoded[key] = (weakref.ref(trajectory), path)
+    while len(decoded) > DECODED_LIMIT:
+        decoded.popitem(last=False)
+    return path
+
+
 def show_step(manager, runs, choice, step, decoder):
     """x_t, x0, the caption and the schedule chart for 1-based `step` of the chosen run."""
     trajectory = pick(runs, choice).trajectory
@@ -48,24 +88,29 @@ def show_step(manager, runs, choice, step, decoder):
     number = int(step or len(trajectory.steps))
     if not 1 <= number <= len(trajectory.steps):
         raise gr.Error(f"step={step!r} is not allowed: expected 1 to {len(trajectory.steps)}.")
-    entry = trajectory.steps[number - 1]
-    try:
-        noisy = manager.previews.decode(manager.loaded, entry.latents[:1], decoder)[0]
-        clean = manager.previews.decode(manager.loaded, entry.x0[:1], decoder)[0]
-    except StudioError as exc:
-        raise gr.Error(str(exc)) from exc
-    total = trajectory.num_inference_steps
-    text = (f"**Step {trajectory.start_step + number} of {total}** · timestep t = {entry.timestep:.0f} · "
-            f"σ = {entry.sigma:.3f} · noise share √(1−ᾱ) = {(entry.sigma**2 / (1 + entry.sigma**2)) ** 0.5:.2f}")
-    return noisy, clean, text, export.schedule_chart(trajectory, number - 1)
+    clean = step_picture(manager, trajectory, number - 1, "x0", decoder)  # x0 first: it is what people look at
+    noisy = step_picture(manager, trajectory, number - 1, "latents", decoder)
+    chart = common.picture_file(export.schedule_chart(trajectory, number - 1))
+    return noisy, clean, step_caption(trajectory, number), chart
+
+
+def filmstrip(manager, trajectory, decoder: str) -> list[tuple[str, str]]:
+    """Predicted x0 at every step, decoded as the viewer decodes them."""
+    return [(step_picture(manager, trajectory, s.index, "x0", decoder), f"{s.index + 1}: σ={s.sigma:.2f}")
+            for s in trajectory.steps]
 
 
 def load_run(manager, runs, choice, decoder):
     trajectory = pick(runs, choice).trajectory
     count = len(trajectory.steps)
-    pairs = export.step_pictures(manager, trajectory, "fast")
-    strip = [(clean, f"{s.index + 1}: σ={s.sigma:.2f}") for (_, clean), s in zip(pairs, trajectory.steps)]
-    return (gr.update(maximum=count, value=count), *show_step(manager, runs, choice, count, decoder), strip)
+    return (gr.update(maximum=count, value=count), *show_step(manager, runs, choice, count, decoder),
+            filmstrip(manager, trajectory, decoder))
+
+
+def redecode(manager, runs, choice, step, decoder):
+    """Another decoder: the shown step and the filmstrip again, the slider where it is."""
+    return (*show_step(manager, runs, choice, step, decoder),
+            filmstrip(manager, pick(runs, choice).trajectory, decoder))
 
 
 def export_run(manager, runs, choice, decoder):
@@ -100,12 +145,15 @@ def build(manager, runs: gr.State, last_image: gr.State) -> dict:
         noisy = gr.Image(label="x_t (noisy)", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-xt", height=256)
         clean = gr.Image(label="predicted x0", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-x0", height=256)
         chart = gr.Image(label="Noise schedule σ (log scale)", interactive=False, format="png", elem_id="viewer-chart")
-    strip = gr.Gallery(label="Filmstrip: predicted x0 at every step", columns=10, height=200,
+    strip = gr.Gallery(label="Filmstrip: predicted x0 at every step", columns=10, height=None,
                        format="png", elem_id="viewer-filmstrip", interactive=False, object_fit="contain")
     with gr.Row():
-        export_button = gr.Button("Export GIF and contact sheet", elem_id="viewer-export")
-        gif = gr.File(label="Animated GIF", elem_id="viewer-gif")
-        sheet = gr.File(label="Contact sheet", elem_id="viewer-sheet")
+        with gr.Column(scale=1):
+            export_button = gr.Button("Export GIF and contact sheet", elem_id="viewer-export")
+            gif = gr.File(label="Animated GIF", elem_id="viewer-gif")
+            sheet = gr.File(label="Contact sheet", elem_id="viewer-sheet")
+        gif_view = gr.Image(label="The run as an animation: x_t | predicted x0", interactive=False,
+                            type="filepath", elem_id="viewer-gif-view", scale=2)
     forward_section(manager, last_image)
 
     def do_load(runs_, choice_, decoder_):
@@ -117,6 +165,9 @@ def build(manager, runs: gr.State, last_image: gr.State) -> dict:
     def do_export(runs_, choice_, decoder_):
         return export_run(manager, runs_, choice_, decoder_)
 
+    def do_redecode(runs_, choice_, step_, decoder_):
+        return redecode(manager, runs_, choice_, step_, decoder_)
+
     shown = [step, noisy, clean, caption, chart, strip]
     gpu = dict(concurrency_id=common.GPU, concurrency_limit=1)
     runs.change(history_choices, inputs=runs, outputs=choice, api_visibility="private", queue=False)
@@ -124,10 +175,11 @@ def build(manager, runs: gr.State, last_image: gr.State) -> dict:
     choice.input(do_load, inputs=[runs, choice, decoder], outputs=shown, api_visibility="private", **gpu)
     step.change(do_step, inputs=[runs, choice, step, decoder], outputs=[noisy, clean, caption, chart],
                 api_name="viewer_step", show_progress="hidden", **gpu)
-    decoder.change(do_step, inputs=[runs, choice, step, decoder], outputs=[noisy, clean, caption, chart],
+    decoder.change(do_redecode, inputs=[runs, choice, step, decoder], outputs=[noisy, clean, caption, chart, strip],
                    api_visibility="private", **gpu)
     export_button.click(do_export, inputs=[runs, choice, decoder], outputs=[gif, sheet],
-                        api_name="viewer_export", **gpu)
+                        api_name="viewer_export", **gpu).success(
+        show_animation, inputs=gif, outputs=gif_view, api_visibility="private", queue=False)
     return {"run": choice, "decoder": decoder, "shown": shown}  # for the History tab's "Open in viewer"
 
 
@@ -149,12 +201,17 @@ def forward_section(manager, last_image: gr.State) -> None:
             out = manager.forward_process(image, timestep=t)
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
-        return out.picture, f"t = {out.timestep:.0f} · σ = {out.sigma:.3f}"
+        return common.picture_file(out.picture), f"t = {out.timestep:.0f} · σ = {out.sigma:.3f}"
 
     use_last.click(last_picture, inputs=last_image, outputs=source, api_visibility="private", queue=False)
     gpu = dict(concurrency_id=common.GPU, concurrency_limit=1)
     timestep.release(noise_to, inputs=[source, timestep], outputs=[noised, info], api_name="forward_process", **gpu)
     source.change(noise_to, inputs=[source, timestep], outputs=[noised, info], api_visibility="private", **gpu)
+
+
+def show_animation(gif_file):
+    """The exported GIF, shown playing (the File box above only offers it as a download)."""
+    return gif_file
 
 
 def last_picture(path):
