@@ -96,7 +96,13 @@ class PreviewDecoder:
         if self._tiny is None:
             from diffusers import AutoencoderTiny
 
-            self._tiny = AutoencoderTiny.from_pretrained(self.tiny_vae_name).to(model.txt2img.device)
+            try:
+                self._tiny = AutoencoderTiny.from_pretrained(self.tiny_vae_name).to(model.txt2img.device)
+            except (OSError, ValueError) as exc:  # offline without it in the cache, or no such folder
+                raise StudioError(
+                    f"tiny_vae={self.tiny_vae_name!r} could not be loaded: {str(exc).splitlines()[0]} "
+                    "Download it once with network (hf download madebyollin/taesd), or pass "
+                    "a local folder; until then use the fast or full preview.") from exc
         # TAESD reads the UNet's (scaled) latents as they are: its own scaling_factor is 1.0,
         # and pipelines that swap it in divide by that.
         z = latents.to(self._tiny.device, self._tiny.dtype) / self._tiny.config.scaling_factor

@@ -293,3 +293,11 @@ def test_another_session_sees_none_of_this_session_s_runs(app_server, viewer_cli
 
     with pytest.raises(Exception, match="No run yet"):
         Client(app_server[0], verbose=False).predict(None, "fast", api_name="/viewer_load")
+
+
+def test_a_tiny_autoencoder_that_cannot_be_loaded_is_a_clear_error(sd1_dir, tmp_path, make_manager):
+    from studio.errors import StudioError
+
+    manager = make_manager(sd1_dir, tiny_vae=str(tmp_path / "no-such-taesd"))
+    with pytest.raises(StudioError, match=r"tiny_vae='.*no-such-taesd' could not be loaded: .*fast or full preview"):
+        manager.previews.decode(manager.loaded, torch.zeros(1, 4, 8, 8), "tiny")
