@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio import metadata, sweeps
+from studio import metadata, schedulers, sweeps
 from studio.errors import GenerationCancelled, StudioError
 from studio.outputs import OutputWriter
 from studio.requests import GenerationRequest
@@ -271,3 +271,14 @@ def test_the_xy_plot_api_round_trip_returns_a_labelled_grid(manager, tmp_path):
     picture = Image.open(grid)
     assert picture.size == (2 * (192 + sweeps.GAP), picture.height) and picture.height > 192 + sweeps.GAP
     assert "X Type: CFG scale" in picture.info["parameters"] and len(singles) == 2 and "2 of 2 cells" in info
+
+
+@pytest.mark.parametrize("kind", list(sweeps.KINDS))
+def test_picking_an_axis_parameter_fills_values_of_its_kind(kind):
+    from studio.ui import sweep_tab
+
+    values = sweep_tab.axis_hint(kind)["value"]
+    axis = sweeps.parse_axis("X", kind, values)
+    assert len(axis.values) >= 1
+    if kind == "scheduler":
+        assert set(axis.values) <= set(schedulers.NAMES) and len(axis.values) == 4

@@ -26,12 +26,23 @@ EXAMPLES = {  # what the values box suggests for each parameter
     "strength": "0.3-0.9 (+0.3)   (needs a starting picture)",
     sweeps.PROMPT_SR: "red, green, yellow   (the first is searched for in the prompt)",
 }
+DEFAULT_VALUES = {  # what the values box holds when its parameter is picked (the first example)
+    sweeps.NOTHING: "",
+    "num_inference_steps": "5, 10, 20",
+    "guidance_scale": "1, 4, 7.5, 12",
+    "scheduler": "Euler, Euler a, DDIM, DPM++ 2M Karras",
+    "seed": "1-4",
+    "strength": "0.3-0.9 (+0.3)",
+    sweeps.PROMPT_SR: "red, green, yellow",
+}
 # Stop flags by Gradio session, apart from the generation tabs' flags.
 stops: dict[str, threading.Event] = {}
 
 
 def axis_hint(kind: str):
-    return gr.update(placeholder=EXAMPLES.get(kind, ""), interactive=kind != sweeps.NOTHING)
+    """A new parameter gets values of its own kind (guidance's "1, 4, 7.5, 12" is no sampler list)."""
+    return gr.update(placeholder=EXAMPLES.get(kind, ""), value=DEFAULT_VALUES.get(kind, ""),
+                     interactive=kind != sweeps.NOTHING)
 
 
 def describe_sweep(sweep: sweeps.SweepResult) -> str:
