@@ -41,6 +41,8 @@ class Settings:
     max_queue: int = 16
     max_sessions: int = 200            # sessions whose state (history) the server keeps in memory
     cache_max_age: int = 3600          # seconds Gradio's cached files live before they are pruned
+    cache_dir: str = dataclasses.field(default_factory=lambda: default_cache_dir())  # fitted fast-preview maps
+
 
     def output_root(self) -> Path:
         """Where finished PNGs go: --outputs, or with --no-save a temporary folder of this process
@@ -65,6 +67,12 @@ class Settings:
         if not sep or not user or not password:
             raise ValueError(f"--auth={self.auth!r} must look like user:password")
         return user, password
+
+
+def default_cache_dir() -> str:
+    """Where the studio keeps what it can recompute (fitted preview maps): XDG's cache folder."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(root) / "diffusion-studio")
 
 
 def _env_default(name: str, default):
@@ -105,6 +113,7 @@ def add_model_arguments(p: argparse.ArgumentParser, d: dict) -> None:
     p.add_argument("--vae-slicing", action=argparse.BooleanOptionalAction, default=d["vae_slicing"])
     p.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=d["vae_tiling"])
     p.add_argument("--cpu-offload", action=argparse.BooleanOptionalAction, default=d["cpu_offload"], help="model CPU offload (needs an accelerator)")
+    p.add_argument("--cache-dir", default=d["cache_dir"], help="folder for what the studio can recompute, such as fitted preview maps (default: ~/.cache/diffusion-studio)")
     p.add_argument("--trust-pickle", action=argparse.BooleanOptionalAction, default=d["trust_pickle"], help="allow loading pickle checkpoints (.ckpt .bin .pt .pth), which can run code")
 
 

@@ -92,7 +92,7 @@ class PipelineManager:
         self._lock = threading.RLock()
         self._running_cancel: threading.Event | None = None  # the running job's Stop flag
         self._model: LoadedModel | None = None
-        self.previews = PreviewDecoder(self.settings.tiny_vae)
+        self.previews = PreviewDecoder(self.settings.tiny_vae, self.settings.cache_dir)
         # One long-lived thread runs every streamed generation. A fresh thread per run starts a
         # fresh OpenMP team, and the benchmark measured such runs 1.9x slower on 2 CPU cores.
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="studio-generate")
@@ -248,6 +248,8 @@ class PipelineManager:
             raise StudioError(f"The model produced NaN pixels in {devices.dtype_name(self.dtype)}; "
                               "try --dtype float32 (or bfloat16), or a VAE that works in float16.")
         finished = time.perf_counter()
+        if recorder.trajectory.final is not None:  # fast previews learn the colours it drew
+            self.previews.learn(model, recorder.trajectory.final, pixels)
         return GenerationResult(
             images=DiffusionPipeline.numpy_to_pil(pixels), seeds=seeds, request=request,
             model=model.source.name, model_hash=model.hash, device=self.device,
@@ -285,6 +287,13 @@ class PipelineManager:
             return ForwardResult(picture=self.previews.decode(model, noisy, "full")[0], timestep=float(timestep),
                                  sigma=sigma_from_alpha_bar(alpha_bar), steps_to_run=steps)
 
+    def preview_note(self, request: GenerationRequest) -> str | None:
+        """What a run shows instead of a fast preview while the model's map is first fitted."""
+        model = self._model
+        if request.preview != "fast" or model is None or self.previews.fast_ready(model):
+            return None
+        return "preparing the fast preview for this model (once; later runs show it from the first step)"
+
     def _step_reporter(self, model: LoadedModel, request: GenerationRequest, total: int, on_step):
         if on_step is None:
             return None
@@ -294,13 +303,16 @@ class PipelineManager:
             # PLMS repeats a timestep, so img2img with it runs one step more than int(N x strength)
             total_now = max(total, number)
             due = request.preview != "none" and (number % request.preview_every == 0 or number == total_now)
+            if request.preview == "fast" and due and not self.previews.fast_ready(model):
+                due = False  # its first fit runs in the background; `preview_note` says so
             picture = self.previews.decode(model, step.x0, request.preview) if due else None
             on_step(number, total_now, picture)
 
         return report
 
     def stream(self, request: GenerationRequest, cancel: threading.Event | None = None):
-        """Run in a worker thread; yield ("step", n, total, preview) events, then ("done", result).
+        """Run in a worker thread; yield ("step", n, total, previews, note) events, then
+        ("done", result). `note` says why a due preview is missing (None when nothing is).
 
         Closing the generator early (a UI's Stop, a dropped client) cancels the run.
         """
@@ -313,7 +325,7 @@ class PipelineManager:
             # than one step ahead of its consumer: a consumer that stops asking (Gradio after a
             # cancel) closes this generator, which sets `cancel` while that step is the last one
             # started. A consumer that is merely slow holds a step for STEP_HANDOVER_WAIT at most.
-            events.put(("step", *event))
+            events.put(("step", *event, self.preview_note(request) if event[2] is None else None))
             deadline = time.monotonic() + STEP_HANDOVER_WAIT
             while not taken.acquire(timeout=0.05):
                 if cancel.is_set() or time.monotonic() > deadline:

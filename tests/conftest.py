@@ -6,12 +6,18 @@ or the bundled models/tiny-shapes model.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.pop("SPACE_ID", None)
+# Fitted preview maps go to a cache of this test run, not the user's: no run depends on an earlier one.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="studio-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 from pathlib import Path  # noqa: E402
 

@@ -120,6 +120,7 @@ def test_closing_a_stream_cancels_its_run(sd1):
 
 
 def test_stream_yields_every_step_then_the_result(sd1):
+    sd1.previews.fast_map(sd1.loaded)  # the model's first fit done (runs do not wait for it)
     events = list(sd1.stream(GenerationRequest(prompt=PROMPT, num_inference_steps=3, preview="fast")))
     assert [e[:3] for e in events[:-1]] == [("step", 1, 3), ("step", 2, 3), ("step", 3, 3)]
     assert all(e[3][0].size == (64, 64) for e in events[:-1])  # a fast preview at every step

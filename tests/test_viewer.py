@@ -1,5 +1,6 @@
 """The denoising viewer's core: trajectories, predicted x0, decoders, exports, the forward process."""
 import math
+import random
 
 import numpy as np
 import pytest
@@ -133,6 +134,84 @@ def test_the_fast_decoder_is_close_to_the_full_vae_on_the_bundled_model(bundled_
         full = np.stack([np.asarray(p, float) for p in bundled_manager.previews.decode(model, x0, "full")]) / 255
         errors.append(np.abs(fast - full).mean())
     assert np.mean(errors) < 0.085 and max(errors) < 0.13, dict(zip(FAST_PREVIEW_PROMPTS, errors))
+
+
+def classified_alike(decoder, model, runs) -> int:
+    """How many runs' fast previews of their final latents read as the same object colour and
+    background (by the evaluation's classifier) as their final pictures."""
+    from training import classify
+
+    alike = 0
+    for final, picture in runs:
+        preview = classify.classify(np.asarray(decoder.decode(model, final, "fast")[0]))
+        drawn = classify.classify(np.asarray(picture))
+        alike += (preview.colour, preview.background) == (drawn.colour, drawn.background)
+    return alike
+
+
+def test_the_fast_preview_learns_the_colours_the_bundled_model_draws(bundled_manager, tmp_path):
+    """The synthetic fit alone agrees with the final picture on 13 of these 16 (a yellow preview
+    can turn out orange); after 8 runs of other prompts it agrees on 16 (measured)."""
+    from studio.previews import PreviewDecoder
+    from training import shapes
+
+    model = bundled_manager.loaded
+    held_out = []
+    for i, (colour, shape, background) in enumerate(shapes.HELD_OUT[:16]):
+        result = bundled_manager.generate(GenerationRequest(
+            prompt=f"a large {colour} {shape} on a {background} background", seed=100 + i))
+        held_out.append((result.trajectory.final.float(), result.images[0]))
+    decoder = PreviewDecoder(cache_dir=tmp_path)
+    decoder.fast_map(model)  # the synthetic fit
+    others = shapes.training_triples()
+    random.Random(0).shuffle(others)
+    for seed, (colour, shape, background) in enumerate(others[:8]):
+        result = bundled_manager.generate(GenerationRequest(
+            prompt=f"a {colour} {shape} on a {background} background", seed=seed))
+        decoder.learn(model, result.trajectory.final, np.stack([np.asarray(p) for p in result.images]) / 255)
+    assert decoder.fast_map(model).learned == 8
+    assert classified_alike(decoder, model, held_out) >= 15
+
+
+def test_the_fast_map_is_kept_on_disk_and_the_next_session_starts_from_it(bundled_manager, tmp_path):
+    from studio.previews import PreviewDecoder
+
+    model = bundled_manager.loaded
+    first = PreviewDecoder(cache_dir=tmp_path)
+    result = bundled_manager.generate(GenerationRequest(prompt="a red circle", num_inference_steps=4))
+    first.fast_map(model)
+    first.learn(model, result.trajectory.final, np.stack([np.asarray(p) for p in result.images]) / 255)
+    assert [f.name for f in (tmp_path / "fast-preview").iterdir()] == [f"{model.hash}.safetensors"]
+
+    later = PreviewDecoder(cache_dir=tmp_path)
+    assert later.fast_ready(model) and not later._fitting  # read from disk, no fit started
+    assert later.fast_map(model).learned == 1
+    assert torch.allclose(later.fast_map(model).kernel, first.fast_map(model).kernel)
+
+
+def test_a_run_says_it_prepares_the_fast_preview_while_the_first_fit_runs(bundled_manager, tmp_path, monkeypatch):
+    """The first fit of a Stable Diffusion-size VAE takes 12-60 s on a CPU; the run must not wait
+    on it. Here the fit is held until the test lets it go."""
+    from studio import previews
+
+    release, fit = __import__("threading").Event(), previews.fit_linear_map
+
+    def held_fit(pipe):
+        assert release.wait(60), "the test never let the fit go"
+        return fit(pipe)
+
+    monkeypatch.setattr(previews, "fit_linear_map", held_fit)
+    monkeypatch.setattr(bundled_manager, "previews", previews.PreviewDecoder(cache_dir=tmp_path))
+    request = GenerationRequest(prompt="a red circle", num_inference_steps=3, preview="fast")
+    events = list(bundled_manager.stream(request))
+    assert [(e[3], e[4]) for e in events[:-1]] == [(None, bundled_manager.preview_note(request))] * 3
+    assert "preparing the fast preview" in events[0][4] and events[-1][0] == "done"
+
+    release.set()
+    bundled_manager.previews.fast_map(bundled_manager.loaded)  # waits for the background fit
+    events = list(bundled_manager.stream(request))
+    assert all(e[3] is not None and e[4] is None for e in events[:-1])
+    assert bundled_manager.preview_note(request) is None
 
 
 def test_a_tiny_preview_without_a_tiny_autoencoder_says_what_to_pass(bundled_manager):

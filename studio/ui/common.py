@@ -165,11 +165,11 @@ def run_stream(stream, progress: gr.Progress, label: str = ""):
     try:
         for event in stream:
             if event[0] == "step":
-                _, step, total, previews = event
+                _, step, total, previews, note = event
                 progress((step, total), desc=f"{label}step {step}/{total}")
                 rate = step / max(time.perf_counter() - started, 1e-9)
-                yield Update(picture=previews[0] if previews else None,
-                             status=f"{label}step {step} of {total} · {rate:.1f} steps/s", step=True)
+                status = f"{label}step {step} of {total} · {rate:.1f} steps/s" + (f" · {note}" if note else "")
+                yield Update(picture=previews[0] if previews else None, status=status, step=True)
             else:
                 for warning in event[1].warnings:
                     gr.Warning(warning)
