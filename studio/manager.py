@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import gc
+import hashlib
 import queue
 import random
 import threading
@@ -92,6 +93,7 @@ class PipelineManager:
         self._lock = threading.RLock()
         self._running_cancel: threading.Event | None = None  # the running job's Stop flag
         self._model: LoadedModel | None = None
+        self._last_encoded: tuple[tuple, torch.Tensor] | None = None  # forward_process's last picture
         self.previews = PreviewDecoder(self.settings.tiny_vae, self.settings.cache_dir)
         # One long-lived thread runs every streamed generation. A fresh thread per run starts a
         # fresh OpenMP team, and the benchmark measured such runs 1.9x slower on 2 CPU cores.
@@ -261,12 +263,16 @@ class PipelineManager:
     @torch.no_grad()
     def forward_process(self, image, *, timestep: float | None = None, strength: float | None = None,
                         num_inference_steps: int = 20, scheduler: str = schedulers.DEFAULT,
-                        seed: int = 0) -> ForwardResult:
+                        seed: int = 0, size: int | None = None, decoder: str = "auto") -> ForwardResult:
         """`image` noised the way a run does it: to `timestep`, or to where img2img at `strength`
-        starts. x_t = sqrt(a) x0 + sqrt(1 - a) eps in latent space (Ho et al. 2020, eq. 4), decoded."""
+        starts. x_t = sqrt(a) x0 + sqrt(1 - a) eps in latent space (Ho et al. 2020, eq. 4), decoded.
+
+        It is a preview: by default at the model's native size capped at FORWARD_SIDE, decoded by
+        the full VAE up to FORWARD_FULL_VAE_PIXELS and by the fast map above (once it is fitted). The last picture's encoding is kept,
+        so moving the timestep or strength costs only the decode."""
         with self._lock:
             model = self._require_model()
-            size = model.native_size
+            size = size or min(model.native_size, FORWARD_SIDE)
             fresh = schedulers.make_scheduler(scheduler, model.scheduler_config)
             steps = num_inference_steps
             if strength is not None:
@@ -279,13 +285,22 @@ class PipelineManager:
             elif timestep is None or not 0 <= float(timestep) < len(fresh.alphas_cumprod):
                 raise StudioError(f"timestep={timestep!r} is not allowed: expected 0 to "
                                   f"{len(fresh.alphas_cumprod) - 1}.")
-            picture = images.prepare(image, size, size)
-            clean = self.previews.encode(model, picture)  # (1, c, h, w), alpha scale
+            clean = self._encoded(model, images.prepare(image, size, size))  # (1, c, h, w), alpha scale
             noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
             alpha_bar = alpha_bar_at(fresh.alphas_cumprod, float(timestep))
             noisy = alpha_bar ** 0.5 * clean + (1 - alpha_bar) ** 0.5 * noise
-            return ForwardResult(picture=self.previews.decode(model, noisy, "full")[0], timestep=float(timestep),
+            if decoder == "auto":  # the full VAE where it is cheap, or while the fast map is fitted
+                small = size * size <= FORWARD_FULL_VAE_PIXELS
+                decoder = "full" if small or not self.previews.fast_ready(model) else "fast"
+            return ForwardResult(picture=self.previews.decode(model, noisy, decoder)[0], timestep=float(timestep),
                                  sigma=sigma_from_alpha_bar(alpha_bar), steps_to_run=steps)
+
+    def _encoded(self, model: LoadedModel, picture) -> torch.Tensor:
+        """The VAE's latents of `picture`, remembered for the last picture (the slow half)."""
+        key = (model.hash, picture.size, hashlib.sha1(picture.tobytes()).hexdigest())
+        if self._last_encoded is None or self._last_encoded[0] != key:
+            self._last_encoded = (key, self.previews.encode(model, picture))
+        return self._last_encoded[1]
 
     def preview_note(self, request: GenerationRequest) -> str | None:
         """What a run shows instead of a fast preview while the model's map is first fitted."""
@@ -358,6 +373,8 @@ class PipelineManager:
                 concurrent.futures.wait([job])
 
 
+FORWARD_SIDE = 256  # px: the forward process's pictures are previews, at most this size
+FORWARD_FULL_VAE_PIXELS = 128 * 128  # up to here the full VAE decodes them (cheap even for SD's)
 STEP_HANDOVER_WAIT = 10.0  # seconds a step waits for a slow consumer before the run goes on
 
 
