@@ -94,7 +94,8 @@ class PipelineManager:
         self._running_cancel: threading.Event | None = None  # the running job's Stop flag
         self._model: LoadedModel | None = None
         self._last_encoded: tuple[tuple, torch.Tensor] | None = None  # forward_process's last picture
-        self.previews = PreviewDecoder(self.settings.tiny_vae, self.settings.cache_dir)
+        # --no-save (a Space's default) writes nothing to disk: the fitted preview maps stay in memory
+        self.previews = PreviewDecoder(self.settings.tiny_vae, None if self.settings.no_save else self.settings.cache_dir)
         # One long-lived thread runs every streamed generation. A fresh thread per run starts a
         # fresh OpenMP team, and the benchmark measured such runs 1.9x slower on 2 CPU cores.
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="studio-generate")

@@ -63,6 +63,13 @@ def set_number(page: Page, elem_id: str, value) -> None:
     expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(str(value))
 
 
+def choose(page: Page, elem_id: str, option: str) -> None:
+    """Open a dropdown and click one of its options."""
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id} [role=option][aria-label='{option}']").click()
+    expect(page.locator(f"#{elem_id} input")).to_have_value(option)
+
+
 def expect_loaded_image(page: Page, selector: str) -> None:
     """An <img> under `selector` is shown and its picture really arrived from the server."""
     image = page.locator(f"{selector} img").first
@@ -313,6 +320,33 @@ def test_a_history_picture_opens_in_the_viewer_and_goes_to_img2img(page, artifac
     page.screenshot(path=artifacts / "history-sent-to-img2img.png", full_page=True)
 
 
+def test_an_xy_plot_of_picked_samplers_is_one_history_entry_with_whole_captions(page, artifacts):
+    page.click("#tab-xyplot-button")
+    choose(page, "xyplot-x-type", "Sampler")
+    expect(page.locator("#xyplot-x-values")).to_be_hidden()  # samplers are picked, not typed
+    picker = page.locator("#xyplot-x-samplers")
+    expect(picker).to_contain_text("DPM++ 2M Karras")
+    choose(page, "xyplot-y-type", "Nothing")
+    set_number(page, "xyplot-steps", 3)
+    page.click("#xyplot-generate")
+    expect(page.locator("#xyplot-info")).to_contain_text("4 of 4 cells", timeout=GENERATION_SECONDS * 1000)
+    captions = page.locator("#xyplot-gallery .caption-label")
+    expect(captions).to_have_count(4)
+    expect(captions.nth(3)).to_have_text("Sampler: DPM++ 2M Karras")
+    clipped = captions.nth(3).evaluate("e => e.scrollWidth > e.clientWidth")
+    assert not clipped  # the whole caption shows, not "Sampler: ..."
+    page.screenshot(path=artifacts / "xyplot-samplers.png", full_page=True)
+
+    page.click("#tab-history-button")
+    expect(page.locator("#history-gallery .thumbnail-item")).to_have_count(1)  # the plot, not its 4 cells
+    expect(page.locator("#history-details")).to_contain_text("#1 X/Y plot: Sampler · 4 cells")
+    page.screenshot(path=artifacts / "history-xyplot.png", full_page=True)
+    page.click("#history-open-viewer")
+    expect_tab_selected(page, "viewer")
+    expect(page.locator("#viewer-run input")).to_have_value(re.compile(r"^#1\.1 txt2img: "))
+    expect(page.locator("#viewer-caption")).to_contain_text("Step 3 of 3")
+
+
 def test_a_history_picture_downloads_with_its_parameters_and_its_seed_is_reused(page, tmp_path):
     generate_in_txt2img(page, "a large blue square in the center", steps=5, seed=77)
     page.click("#txt2img-random-seed")
@@ -352,7 +386,9 @@ def test_a_foreign_png_with_unusable_values_warns_and_fills_the_rest(page, artif
     expect_tab_selected(page, "txt2img")
     expect(page.locator("#txt2img-prompt textarea")).to_have_value("a cat on a sofa")
     expect(page.locator("#txt2img-seed input")).to_have_value("987")
-    expect(page.locator("#txt2img-height input[type=number]")).to_have_value("768")
+    # 768 is above what the bundled 64 px model offers (256): warned and kept, as Steps: 500 is
+    expect(toasts.filter(has_text="Size: '512x768' is larger than the loaded model takes")).to_have_count(1)
+    expect(page.locator("#txt2img-height input[type=number]")).to_have_value("64")
     expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("20")  # kept
     expect(page.locator("#txt2img-scheduler input")).to_have_value("Default")  # kept
     page.screenshot(path=artifacts / "pnginfo-foreign-warnings.png", full_page=True)

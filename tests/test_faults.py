@@ -284,10 +284,10 @@ BAD_TXT2IMG = [
     ("num_inference_steps", -1, "Value -1 is less than minimum value 1"),
     ("num_inference_steps", 3.7, r"num_inference_steps=3\.7 is not allowed"),
     ("num_inference_steps", 10000, "Value 10000 is greater than maximum value 150"),
-    ("width", 0, "Value 0 is less than minimum value 64"),
+    ("width", 0, "width=0 is not allowed: expected 64 to 256 for the loaded model"),
     ("width", 500, "width=500 is not allowed"),
     ("width", 513, "width=513 is not allowed"),
-    ("width", 100000, "Value 100000 is greater than maximum value 2048"),
+    ("width", 100000, "width=100000 is not allowed: expected 64 to 256 for the loaded model"),
     ("height", 513, "height=513 is not allowed"),
     ("guidance_scale", float("nan"), "not JSON compliant"),  # the client cannot even send it
     ("guidance_scale", -1.0, r"Value -1\.0 is less than minimum value 0"),

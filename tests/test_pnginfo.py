@@ -165,6 +165,34 @@ def test_an_unknown_sampler_is_a_warning_and_the_sampler_is_skipped(tmp_path, wa
     assert values[pnginfo_tab.SENT_FIELDS.index("num_inference_steps")] == 20
 
 
+def test_a_size_above_the_loaded_models_bound_is_a_warning_and_the_size_is_kept(tmp_path, warnings):
+    """The sliders of the bundled 64 px model go to 256; an SD picture's 512x768 is not offered."""
+    path = png_with(tmp_path / "sd.png", "a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x768")
+    *values, _ = pnginfo_tab.fill(path, "txt2img", with_picture=False, max_side=256)
+    sent = dict(zip(pnginfo_tab.SENT_FIELDS, values))
+    assert all(isinstance(sent[side], type(gr.skip())) for side in ("width", "height"))
+    assert warnings == ["Size: '512x768' is larger than the loaded model takes here (up to 256 a side): "
+                        "the size was kept."]
+    *values, _ = pnginfo_tab.fill(path, "txt2img", with_picture=False, max_side=2048)
+    assert values[pnginfo_tab.SENT_FIELDS.index("height")] == 768
+
+
+def test_the_size_sliders_follow_the_loaded_model():
+    """Width and height went to 2048 for a 64 px model; a switch to a 512 px one widens them."""
+    import types
+
+    from studio.ui import common, settings_panel
+
+    with gr.Blocks():
+        panel = common.parameter_panel("t", 64, "a cat")
+    assert (panel.width.maximum, panel.height.maximum, panel.width.step) == (256, 256, 8)
+    assert panel.width.info == panel.height.info == "up to 4x the 64px it learned; larger repeats the subject"
+    sd = types.SimpleNamespace(info=types.SimpleNamespace(native_size=512))
+    width, height = settings_panel.fit_sizes(sd, [panel])
+    assert (width["maximum"], width["value"], height["maximum"]) == (2048, 512, 2048)
+    assert panel.width.maximum == 2048  # what Gradio checks API callers' values against
+
+
 def test_a_png_without_parameters_cannot_go_to_txt2img_but_its_picture_can_go_to_img2img(tmp_path, warnings):
     path = png_with(tmp_path / "plain.png", None)
     with pytest.raises(gr.Error, match="carries no parameters"):

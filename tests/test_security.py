@@ -222,10 +222,11 @@ RECORDER = WriteRecorder()
 
 @pytest.fixture
 def writes_outside_outputs(public_app, tmp_path):
-    """The paths the app writes, while the test runs, outside --outputs and Gradio's cache (whose
-    pruning test_load checks). The test's own client downloads to tmp_path."""
+    """The paths the app writes, while the test runs, outside --outputs, Gradio's cache (whose
+    pruning test_load checks) and the fast preview's fitted maps. The test's own client downloads to tmp_path."""
     _, _, settings = public_app
-    fine = [Path(settings.outputs).resolve(), Path(gradio_utils.get_upload_folder()).resolve(), tmp_path.resolve()]
+    fine = [Path(settings.outputs).resolve(), Path(gradio_utils.get_upload_folder()).resolve(), tmp_path.resolve(),
+            Path(settings.cache_dir).resolve()]  # the fitted preview maps: no pictures, never served
     start = tmp_path / "start.png"
     Image.new("RGB", (64, 64), "blue").save(start)
     client = Client(public_app[0].src, verbose=False, download_files=str(tmp_path / "downloads"))

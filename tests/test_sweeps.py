@@ -11,6 +11,7 @@ from PIL import Image
 
 from studio import metadata, schedulers, sweeps
 from studio.errors import GenerationCancelled, StudioError
+from studio.history import SessionHistory
 from studio.outputs import OutputWriter
 from studio.requests import GenerationRequest
 
@@ -220,34 +221,34 @@ def tab(manager, tmp_path):
     from studio.ui import sweep_tab
 
     with gr.Blocks():
-        runs, run_files, last_image = gr.State([]), gr.State([]), gr.State(None)
-        parts = sweep_tab.build(manager, OutputWriter(tmp_path), runs, last_image, run_files=run_files)
+        parts = sweep_tab.build(manager, OutputWriter(tmp_path), gr.State(SessionHistory()), gr.State(None))
     return parts
 
 
 def event_values(x_kind="guidance_scale", x_text="1, 9", y_kind="seed", y_text="3-4"):
     panel = ["a red circle", "", 2, 5.0, 64, 64, "Euler", 1, 11, "fast"]
-    return [*panel, None, 0.75, x_kind, x_text, y_kind, y_text]
+    return [*panel, None, 0.75, x_kind, x_text, y_kind, y_text, None, None]
 
 
 def test_the_tab_event_returns_the_grid_the_singles_and_the_history(tab):
     session = types.SimpleNamespace(session_hash="sweep-test")
-    earlier = ["an earlier run"], [["earlier.png"]]
-    grid_path, singles, info, history, files, last, seed = tab["run"](session, *earlier, *event_values())
+    earlier = SessionHistory().add_run("an earlier run", ["earlier.png"])
+    grid_path, singles, info, history, last, seed = tab["run"](session, earlier, *event_values())
     assert Image.open(grid_path).info["parameters"].endswith('Y Type: Seed, Y Values: 3-4')
     assert [label for _, label in singles] == ["CFG scale: 1 · Seed: 3", "CFG scale: 9 · Seed: 3",
                                               "CFG scale: 1 · Seed: 4", "CFG scale: 9 · Seed: 4"]
     assert last == singles[-1][0] and "4 of 4 cells" in info and seed == 11
-    # the history keeps each run beside its own files, the earlier run first
-    assert history[0] == "an earlier run" and files[0] == ["earlier.png"]
-    assert [(r.request.guidance_scale, r.seeds[0]) for r in history[1:]] == [(1.0, 3), (9.0, 3), (1.0, 4), (9.0, 4)]
-    assert files[1:] == [[path] for path, _ in singles]
+    # the plot is one history entry after the earlier run; its cells keep their own files
+    assert [e.number for e in history.entries] == [1, 2] and history.entries[1].grid == grid_path
+    plot = history.entries[1]
+    assert [(r.request.guidance_scale, r.seeds[0]) for r in plot.results] == [(1.0, 3), (9.0, 3), (1.0, 4), (9.0, 4)]
+    assert list(plot.files) == [(path,) for path, _ in singles] and plot.title == "CFG scale x Seed"
 
 
 def test_the_tab_event_turns_a_bad_value_into_a_gradio_error(tab):
     session = types.SimpleNamespace(session_hash="sweep-test")
     with pytest.raises(gr.Error, match=r"X axis: guidance_scale='lots' is not allowed"):
-        tab["run"](session, [], [], *event_values(x_text="1, lots"))
+        tab["run"](session, SessionHistory(), *event_values(x_text="1, lots"))
 
 
 def test_the_xy_plot_api_round_trip_returns_a_labelled_grid(manager, tmp_path):
@@ -257,7 +258,7 @@ def test_the_xy_plot_api_round_trip_returns_a_labelled_grid(manager, tmp_path):
     from tests.conftest import free_port
 
     with gr.Blocks() as demo:
-        sweep_tab.build(manager, OutputWriter(tmp_path), gr.State([]), gr.State(None))
+        sweep_tab.build(manager, OutputWriter(tmp_path), gr.State(SessionHistory()), gr.State(None))
     demo.queue()
     port = free_port()
     demo.launch(server_port=port, prevent_thread_lock=True, quiet=True, allowed_paths=[str(tmp_path)])
@@ -277,8 +278,21 @@ def test_the_xy_plot_api_round_trip_returns_a_labelled_grid(manager, tmp_path):
 def test_picking_an_axis_parameter_fills_values_of_its_kind(kind):
     from studio.ui import sweep_tab
 
-    values = sweep_tab.axis_hint(kind)["value"]
-    axis = sweeps.parse_axis("X", kind, values)
+    text, picker = sweep_tab.axis_hint(kind)
+    axis = sweeps.parse_axis("X", kind, sweep_tab.axis_text(kind, text["value"], picker["value"]))
     assert len(axis.values) >= 1
+    assert picker["visible"] == (kind == "scheduler") != text["visible"]  # samplers: a pick list
     if kind == "scheduler":
-        assert set(axis.values) <= set(schedulers.NAMES) and len(axis.values) == 4
+        assert list(axis.values) == sweep_tab.DEFAULT_SAMPLERS == picker["value"]
+
+
+def test_the_sampler_axis_runs_the_picked_samplers_and_an_api_caller_may_type_them(tab):
+    session = types.SimpleNamespace(session_hash="sweep-test")
+    values = event_values(x_kind="scheduler", x_text="", y_kind="nothing", y_text="")
+    values[-2] = ["Heun", "UniPC"]
+    _, singles, *_ = tab["run"](session, SessionHistory(), *values)
+    assert [label for _, label in singles] == ["Sampler: Heun", "Sampler: UniPC"]
+    typed = event_values(x_kind="scheduler", x_text="DDIM", y_kind="nothing", y_text="")
+    assert [label for _, label in tab["run"](session, SessionHistory(), *typed)[1]] == ["Sampler: DDIM"]
+    with pytest.raises(gr.Error, match="X axis"):  # nothing picked, nothing typed
+        tab["run"](session, SessionHistory(), *event_values(x_kind="scheduler", x_text=""))

@@ -189,6 +189,14 @@ def test_the_fast_map_is_kept_on_disk_and_the_next_session_starts_from_it(bundle
     assert torch.allclose(later.fast_map(model).kernel, first.fast_map(model).kernel)
 
 
+def test_no_save_keeps_the_fitted_maps_in_memory_only(tmp_path):
+    from studio.config import Settings
+    from studio.manager import PipelineManager
+
+    assert PipelineManager(Settings(cache_dir=str(tmp_path))).previews.cache_dir == tmp_path / "fast-preview"
+    assert PipelineManager(Settings(cache_dir=str(tmp_path), no_save=True)).previews.cache_dir is None
+
+
 def test_a_run_says_it_prepares_the_fast_preview_while_the_first_fit_runs(bundled_manager, tmp_path, monkeypatch):
     """The first fit of a Stable Diffusion-size VAE takes 12-60 s on a CPU; the run must not wait
     on it. Here the fit is held until the test lets it go."""

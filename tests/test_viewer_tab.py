@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageFont
 
 from studio import export
+from studio.history import SessionHistory
 from studio.requests import GenerationRequest
 from studio.ui import common, viewer_tab
 
@@ -31,7 +32,7 @@ def test_a_picture_shown_again_is_served_from_the_same_file_not_rewritten():
 
 
 def test_the_header_and_the_slider_count_the_steps_that_ran(bundled_manager, img2img_run):
-    runs = [img2img_run]
+    runs = SessionHistory().add_run(img2img_run, ())
     slider, noisy, clean, caption, chart, strip = viewer_tab.load_run(bundled_manager, runs, None, "fast")
     assert slider["maximum"] == slider["value"] == 6 and len(strip) == 6
     assert caption.startswith("**Step 6 of the 6 that ran** (20 of 20 scheduled; strength skipped the first 14)")
@@ -41,12 +42,12 @@ def test_the_header_and_the_slider_count_the_steps_that_ran(bundled_manager, img
 
 def test_a_full_run_says_step_k_of_n(bundled_manager):
     run = bundled_manager.generate(GenerationRequest(prompt="a small red circle", num_inference_steps=4, seed=1))
-    _, _, caption, _ = viewer_tab.show_step(bundled_manager, [run], None, 2, "fast")
+    _, _, caption, _ = viewer_tab.show_step(bundled_manager, SessionHistory().add_run(run, ()), None, 2, "fast")
     assert caption.startswith("**Step 2 of 4** ·")
 
 
 def test_another_decoder_redecodes_the_filmstrip_too(bundled_manager, img2img_run):
-    runs = [img2img_run]
+    runs = SessionHistory().add_run(img2img_run, ())
     *_, fast_strip = viewer_tab.load_run(bundled_manager, runs, None, "fast")
     noisy, clean, caption, chart, full_strip = viewer_tab.redecode(bundled_manager, runs, None, 3, "full")
     assert "Step 3 of the 6" in caption  # the slider stays where it was

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.config import Settings
+from studio.history import SessionHistory
 from studio.outputs import OutputWriter
 from studio.ui import generate_tab, history_tab, pnginfo_tab, settings_panel, sweep_tab, viewer_tab
 
@@ -16,6 +17,8 @@ TITLE = "Diffusion Studio"
 CSS = """
 .studio-picture img { image-rendering: pixelated; object-fit: contain; width: 100%; height: 100%; }
 #txt2img-gallery img, #img2img-gallery img, #viewer-filmstrip img, #history-gallery img { image-rendering: pixelated; object-fit: contain !important; max-height: 100%; }
+/* X/Y single images and History: the whole caption ("Sampler: DPM++ 2M Karras · Steps: 8"), wrapped */
+#xyplot-gallery .caption-label, #history-gallery .caption-label { white-space: normal; max-width: 100%; left: 0; }
 """
 DEFAULT_PROMPT = "a small red circle at the top left on a blue background"
 
@@ -24,25 +27,26 @@ def build_demo(manager, settings: Settings) -> gr.Blocks:
     writer = OutputWriter(settings.output_root(), temporary=settings.no_save)
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nWatch noise turn into a picture. Hover a control to see what it does.")
-        settings_panel.build(manager, settings)
-        runs = gr.State([])          # this session's results, newest last (the viewer's history)
-        run_files = gr.State([])     # each of those runs' PNG paths, side by side with `runs`
+        switched = settings_panel.build(manager, settings)
+        history = gr.State(SessionHistory())  # this session's runs and plots, for History and the viewer
         last_image = gr.State(None)  # path of the newest picture, for "use the last result"
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img", elem_id="tab-txt2img"):
-                txt2img = generate_tab.build("txt2img", manager, writer, DEFAULT_PROMPT, runs, run_files,
-                                             last_image)
+                txt2img = generate_tab.build("txt2img", manager, writer, DEFAULT_PROMPT, history, last_image)
             with gr.Tab("Image to image", id="img2img", elem_id="tab-img2img"):
                 img2img = generate_tab.build("img2img", manager, writer, "a large blue square in the center",
-                                             runs, run_files, last_image)
+                                             history, last_image)
             with gr.Tab("X/Y plot", id="xyplot", elem_id="tab-xyplot"):
-                sweep_tab.build(manager, writer, runs, last_image, run_files)
+                xyplot = sweep_tab.build(manager, writer, history, last_image)
             with gr.Tab("Denoising viewer", id="viewer", elem_id="tab-viewer"):
-                viewer = viewer_tab.build(manager, runs, last_image)
+                viewer = viewer_tab.build(manager, history, last_image)
             with gr.Tab("History", id="history", elem_id="tab-history"):
-                history_tab.build(manager, runs, run_files, txt2img, img2img, viewer, tabs)
+                history_tab.build(manager, history, txt2img, img2img, viewer, tabs)
             with gr.Tab("PNG info", id="pnginfo", elem_id="tab-pnginfo"):
                 pnginfo_tab.build(manager, txt2img, img2img, tabs)
+        panels = [txt2img["panel"], img2img["panel"], xyplot["panel"]]
+        switched.success(lambda: settings_panel.fit_sizes(manager, panels),
+                         outputs=[s for p in panels for s in (p.width, p.height)], api_visibility="private")
         demo.unload(page_closed)
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=1)
     return demo

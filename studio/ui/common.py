@@ -107,6 +107,34 @@ class ParameterPanel:
                 self.preview]
 
 
+SIZE_FACTOR = 4  # width and height go up to this many times the model's native size
+
+
+class SizeSlider(gr.Slider):
+    """A width or height slider whose out-of-range error names the argument, its value and the
+    loaded model's bound (Gradio's own says only "Value 500 is greater than maximum value 256"),
+    for API callers too. The front end is the stock slider."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            name = str(self.label).lower()
+            raise gr.Error(f"{name}={payload!r} is not allowed: expected {int(self.minimum)} to "
+                           f"{int(self.maximum)} for the loaded model ({SIZE_FACTOR}x its native size).") from None
+
+
+def size_bound(native_size: int) -> int:
+    """The largest width or height the sliders offer for a model of `native_size` pixels."""
+    return max(MIN_SIDE, min(MAX_SIDE, SIZE_FACTOR * native_size))
+
+
+def size_info(native_size: int) -> str:
+    return f"up to {SIZE_FACTOR}x the {native_size}px it learned; larger repeats the subject"
+
+
 def parameter_panel(tab: str, native_size: int, default_prompt: str,
                     previews: list[tuple[str, str]] | None = None, batch_count: bool = True) -> ParameterPanel:
     """The prompt and sampling controls. With `batch_count`, also a "Batch count" slider
@@ -120,8 +148,10 @@ def parameter_panel(tab: str, native_size: int, default_prompt: str,
         guidance = gr.Slider(0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance (CFG scale)",
                              elem_id=f"{tab}-guidance", info="how strongly to follow the prompt")
     with gr.Row():
-        width = gr.Slider(MIN_SIDE, MAX_SIDE, value=native_size, step=8, label="Width", elem_id=f"{tab}-width")
-        height = gr.Slider(MIN_SIDE, MAX_SIDE, value=native_size, step=8, label="Height", elem_id=f"{tab}-height")
+        width = SizeSlider(MIN_SIDE, size_bound(native_size), value=native_size, step=8, label="Width",
+                          elem_id=f"{tab}-width", info=size_info(native_size))
+        height = SizeSlider(MIN_SIDE, size_bound(native_size), value=native_size, step=8, label="Height",
+                            elem_id=f"{tab}-height", info=size_info(native_size))
     with gr.Row():
         scheduler = gr.Dropdown(schedulers.NAMES, value=schedulers.DEFAULT, label="Sampler",
                                 elem_id=f"{tab}-scheduler",

@@ -140,3 +140,24 @@ def describe_result(result) -> str:
     return (f"**Seed{'s' if len(result.seeds) > 1 else ''}:** {seeds} · {t['steps']} steps in "
             f"{t['total']:.2f} s ({1 / max(t['seconds_per_step'], 1e-9):.1f} steps/s) · "
             f"{result.request.width}x{result.request.height} · {result.scheduler_name}")
+class SizeSlider(gr.Slider):
+    """A width or height slider whose out-of-range error names the argument, its value and the
+    loaded model's bound (Gradio's own says only "Value 500 is greater than maximum value 256"),
+    for API callers too. The front end is the stock slider."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            name = str(self.label).lower()
+            raise gr.Error(f"{name}={payload!r} is not allowed: expected {int(self.minimum)} to "
+                           f"{int(self.maximum)} for the loaded model ({SIZE_FACTOR}x its native size).") from None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    

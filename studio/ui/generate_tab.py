@@ -26,17 +26,16 @@ def strength_note(steps, strength) -> str:
             f"{int(steps) - run} and denoised from there. Low strength keeps more of it.")
 
 
-HISTORY_LIMIT = 12  # runs a session keeps for the viewer; older ones are dropped
 # Stop flags by Gradio session: a session's Stop reaches only its own run.
 stops: dict[str, threading.Event] = {}
 
 
-def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: gr.State,
-          run_files: gr.State, last_image: gr.State) -> dict:
+def build(mode: str, manager, writer: OutputWriter, default_prompt: str, history: gr.State,
+          last_image: gr.State) -> dict:
     """Lay out one generation tab; returns its components by name for other tabs to use.
 
-    `runs` (results) and `run_files` (each result's PNG paths) are the session's history, kept
-    side by side and cut to HISTORY_LIMIT together."""
+    Each finished run (each batch of a batch count) joins the session's `history`
+    (a studio.history.SessionHistory)."""
     tab = "txt2img" if mode == "txt2img" else "img2img"
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
@@ -64,7 +63,7 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
             info = gr.Markdown(elem_id=f"{tab}-info")
     last_seed = gr.State(-1)
 
-    async def run(request: gr.Request, history, files, *values, progress=gr.Progress()):
+    async def run(request: gr.Request, session, *values, progress=gr.Progress()):
         stop_flag = stops.setdefault(request.session_hash, threading.Event())
         stop_flag.clear()
         *values, count = values
@@ -85,25 +84,24 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, runs: g
                 else:  # a step's preview and status line, or "Stopped at step k of N."
                     lines = [common.describe_result(f) for f in finals] + [update.status]
                     yield (gr.skip() if update.picture is None else common.picture_file(update.picture), gr.skip(),
-                           "  \n".join(lines), *[gr.skip()] * 4)
+                           "  \n".join(lines), *[gr.skip()] * 3)
             if final is None:  # stopped: the batches done so far stay
                 break
             paths = await asyncio.to_thread(writer.write, final)
             finals.append(final)
             shown += paths
-            history = (history + [final])[-HISTORY_LIMIT:]
-            files = (files + [paths])[-HISTORY_LIMIT:]
+            session = session.add_run(final, paths)
             # each batch shows as soon as it is done, with the ones before it
             yield (gr.skip(), shown, "  \n".join(common.describe_result(f) for f in finals), finals[0].seeds[0],
-                   history, shown[0], files)
+                   session, shown[0])
 
-    inputs = ([runs, run_files] + panel.inputs() + ([image, strength] if mode == "img2img" else [])
+    inputs = ([history] + panel.inputs() + ([image, strength] if mode == "img2img" else [])
               + [panel.batch_count])  # last, so API callers may leave it out (default 1)
     # Generate first clears the last run's picture and seed line and swaps the buttons, so a
     # second press cannot be lost silently and Stop is there only while something runs.
     running = generate.click(clear_for_run, outputs=[generate, stop, preview, gallery, info],
                              api_visibility="private", queue=False).then(
-        run, inputs=inputs, outputs=[preview, gallery, info, last_seed, runs, last_image, run_files],
+        run, inputs=inputs, outputs=[preview, gallery, info, last_seed, history, last_image],
         api_name=tab, concurrency_id=common.GPU, concurrency_limit=1)
     running.success(open_first, outputs=gallery, api_visibility="private", queue=False)
     running.then(common.idle_buttons, outputs=[generate, stop], api_visibility="private", queue=False)

@@ -14,6 +14,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from studio import metadata
+from studio.requests import MAX_SIDE
 from studio.ui import common
 
 # The parameter panel's controls that a PNG fills, by their GenerationRequest names.
@@ -48,9 +49,10 @@ def png_info(path, manager=None):
     return text, [[k, v] for k, v in values.items()], "\n".join(f"- ⚠️ {note}" for note in notes)
 
 
-def fill(path, target: str, with_picture: bool) -> list:
+def fill(path, target: str, with_picture: bool, max_side: int = MAX_SIDE) -> list:
     """Values for the `target` tab's controls (SENT_FIELDS, then picture and strength if
-    `with_picture`), then the Tabs update that switches to it. Unusable values: gr.Warning, skipped."""
+    `with_picture`), then the Tabs update that switches to it. Unusable values: gr.Warning, skipped;
+    so is a size above `max_side`, the target's slider bound for the loaded model."""
     if path is None:
         raise gr.Error("image: drop or upload a PNG first.")
     text = parameters_of(path)
@@ -60,6 +62,9 @@ def fill(path, target: str, with_picture: bool) -> list:
         fields, notes = {}, ["This picture carries no parameters text: only the picture was sent."]
     else:
         raise gr.Error(f"image={Path(path).name!r} carries no parameters text: nothing to send.")
+    if max(fields.get("width", 0), fields.get("height", 0)) > max_side:
+        notes.append(f"Size: '{fields.pop('width')}x{fields.pop('height')}' is larger than the loaded model "
+                     f"takes here (up to {max_side} a side): the size was kept.")
     for note in notes:
         gr.Warning(note)
     if "clip_skip" in fields:
@@ -97,10 +102,10 @@ def build(manager, txt2img: dict, img2img: dict, tabs: gr.Tabs) -> dict:
         return png_info(path, manager)
 
     def send_txt2img(path):
-        return fill(path, "txt2img", with_picture=False)
+        return fill(path, "txt2img", with_picture=False, max_side=txt2img["panel"].width.maximum)
 
     def send_img2img(path):
-        return fill(path, "img2img", with_picture=True)
+        return fill(path, "img2img", with_picture=True, max_side=img2img["panel"].width.maximum)
 
     # Queued (the default), not queue=False: only queued events show gr.Warning in the browser.
     image.change(read, inputs=image, outputs=[text, fields, notes], api_name="png_info")

@@ -24,7 +24,8 @@ def check_allowed(settings, name: str) -> None:
                           f"{', '.join(sorted(allowed))}.")
 
 
-def build(manager, settings) -> gr.Markdown:
+def build(manager, settings):
+    """Lay out the panel; returns the model switch's event, for the tabs to follow it."""
     with gr.Accordion("Model and settings", open=False, elem_id="settings-panel"):
         status = gr.Markdown(describe(manager), elem_id="settings-status")
         choices = list(dict.fromkeys([settings.model, *settings.allowed_models]))
@@ -42,6 +43,18 @@ def build(manager, settings) -> gr.Markdown:
             raise gr.Error(str(exc)) from exc
         return describe(manager)
 
-    load.click(switch, inputs=model, outputs=status, api_name="load_model",
-               concurrency_id=common.GPU, concurrency_limit=1)
-    return status
+    return load.click(switch, inputs=model, outputs=status, api_name="load_model",
+                      concurrency_id=common.GPU, concurrency_limit=1)
+
+
+def fit_sizes(manager, panels: list) -> list:
+    """After a model switch: every panel's width and height bounded by the new model and set to
+    its native size. The sliders themselves change too, as Gradio checks every session's and
+    API caller's value against them on the server; open pages see the new range on reload."""
+    native = manager.info.native_size
+    updates = []
+    for panel in panels:
+        for slider in (panel.width, panel.height):
+            slider.maximum = common.size_bound(native)
+            updates.append(gr.update(maximum=slider.maximum, value=native, info=common.size_info(native)))
+    return updates

@@ -10,12 +10,13 @@ import threading
 
 import gradio as gr
 
-from studio import sweeps
+from studio import schedulers, sweeps
 from studio.errors import GenerationCancelled, StudioError
 from studio.outputs import OutputWriter
 from studio.ui import common, generate_tab
 
 DEFAULT_PROMPT = "a small red circle at the top left on a blue background"
+DEFAULT_SAMPLERS = ["Euler", "Euler a", "DDIM", "DPM++ 2M Karras"]  # the sampler axis's first pick
 AXIS_CHOICES = [(label, kind) for kind, label in sweeps.KINDS.items()]
 EXAMPLES = {  # what the values box suggests for each parameter
     sweeps.NOTHING: "(no values: one row or column)",
@@ -30,7 +31,7 @@ DEFAULT_VALUES = {  # what the values box holds when its parameter is picked (th
     sweeps.NOTHING: "",
     "num_inference_steps": "5, 10, 20",
     "guidance_scale": "1, 4, 7.5, 12",
-    "scheduler": "Euler, Euler a, DDIM, DPM++ 2M Karras",
+    "scheduler": ", ".join(DEFAULT_SAMPLERS),
     "seed": "1-4",
     "strength": "0.3-0.9 (+0.3)",
     sweeps.PROMPT_SR: "red, green, yellow",
@@ -40,9 +41,29 @@ stops: dict[str, threading.Event] = {}
 
 
 def axis_hint(kind: str):
-    """A new parameter gets values of its own kind (guidance's "1, 4, 7.5, 12" is no sampler list)."""
-    return gr.update(placeholder=EXAMPLES.get(kind, ""), value=DEFAULT_VALUES.get(kind, ""),
-                     interactive=kind != sweeps.NOTHING)
+    """A new parameter gets values of its own kind (guidance's "1, 4, 7.5, 12" is no sampler list).
+    Samplers are picked from a list instead of typed: the text box gives way to it."""
+    picked = kind == "scheduler"
+    text = gr.update(placeholder=EXAMPLES.get(kind, ""), value="" if picked else DEFAULT_VALUES.get(kind, ""),
+                     interactive=kind != sweeps.NOTHING, visible=not picked)
+    return text, gr.update(visible=picked, value=DEFAULT_SAMPLERS)
+
+
+def axis_text(kind: str, text: str, samplers) -> str:
+    """The axis's values as sweeps.parse_axis reads them: for the sampler, the pick list's, or
+    the text an API caller gave ("Euler, DDIM")."""
+    return ", ".join(samplers) if kind == "scheduler" and samplers else text
+
+
+def sampler_picker(axis: str) -> gr.Dropdown:
+    return gr.Dropdown(schedulers.NAMES, value=DEFAULT_SAMPLERS, multiselect=True, visible=False,
+                       label=f"{axis} samplers", elem_id=f"xyplot-{axis.lower()}-samplers", scale=2)
+
+
+def plan_title(plan: sweeps.SweepPlan) -> str:
+    """"Sampler x Steps": the plot's axes, for its History entry."""
+    names = [sweeps.KINDS[a.kind] for a in (plan.x, plan.y) if a.kind != sweeps.NOTHING]
+    return " x ".join(names) or "the base settings"
 
 
 def describe_sweep(sweep: sweeps.SweepResult) -> str:
@@ -53,15 +74,9 @@ def describe_sweep(sweep: sweeps.SweepResult) -> str:
     return f"{head} · seed {plan.base.seed}{stopped}"
 
 
-def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State,
-          run_files: gr.State | None = None) -> dict:
+def build(manager, writer: OutputWriter, history: gr.State, last_image: gr.State) -> dict:
     """Lay out the X/Y plot tab; returns its components (and the event function, `run`) by name.
-
-    With `run_files` (each run's PNG paths, side by side with `runs`, as generate_tab keeps them)
-    the plot's cells join the session's history; without it they stay out of it, since growing
-    `runs` alone would pair the history's runs with the wrong files."""
-    if run_files is None:
-        runs, run_files = gr.State([]), gr.State([])  # this tab's own, seen by no other tab
+    A finished plot joins the session's `history` as one entry, its cells as runs #n.1, #n.2, ..."""
     gr.Markdown("Sweep one or two parameters and compare the pictures side by side. Values: "
                 f"{sweeps.VALUE_SYNTAX}. At most {sweeps.MAX_CELLS} cells.")
     with gr.Row(equal_height=False):
@@ -71,10 +86,12 @@ def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State,
                                      scale=1)
                 x_values = gr.Textbox(value="1, 4, 7.5, 12", label="X values", elem_id="xyplot-x-values",
                                       placeholder=EXAMPLES["guidance_scale"], scale=2)
+                x_samplers = sampler_picker("X")
             with gr.Row():
                 y_type = gr.Dropdown(AXIS_CHOICES, value="seed", label="Y type", elem_id="xyplot-y-type", scale=1)
                 y_values = gr.Textbox(value="1-3", label="Y values", elem_id="xyplot-y-values",
                                       placeholder=EXAMPLES["seed"], scale=2)
+                y_samplers = sampler_picker("Y")
             with gr.Row():
                 generate = gr.Button("Generate plot", variant="primary", elem_id="xyplot-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="xyplot-stop", interactive=False)
@@ -90,12 +107,12 @@ def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State,
             grid = gr.Image(label="X/Y plot", interactive=False, format="png", type="filepath",
                             elem_id="xyplot-grid", height=480)
             info = gr.Markdown(elem_id="xyplot-info")
-            gallery = gr.Gallery(label="Single images", format="png", columns=6, height=300, preview=False,
+            gallery = gr.Gallery(label="Single images", format="png", columns=4, height=None, preview=False,
                                  elem_id="xyplot-gallery", interactive=False, object_fit="contain")
     last_seed = gr.State(-1)
 
-    def run(request: gr.Request, history, files, *values, progress=gr.Progress()):
-        *panel_values, picture, strength_, x_kind, x_text, y_kind, y_text = values
+    def run(request: gr.Request, session, *values, progress=gr.Progress()):
+        *panel_values, picture, strength_, x_kind, x_text, y_kind, y_text, x_picked, y_picked = values
         stop_flag = stops.setdefault(request.session_hash, threading.Event())
         stop_flag.clear()
 
@@ -108,37 +125,38 @@ def build(manager, writer: OutputWriter, runs: gr.State, last_image: gr.State,
             base.preview = "none"
             if picture is not None:
                 base.image, base.strength = picture, strength_
-            plan = sweeps.plan_sweep(base, sweeps.parse_axis("X", x_kind, x_text),
-                                     sweeps.parse_axis("Y", y_kind, y_text))
+            plan = sweeps.plan_sweep(base, sweeps.parse_axis("X", x_kind, axis_text(x_kind, x_text, x_picked)),
+                                     sweeps.parse_axis("Y", y_kind, axis_text(y_kind, y_text, y_picked)))
             sweep = sweeps.run_sweep(manager, plan, writer=writer, on_progress=report, cancel=stop_flag)
         except GenerationCancelled as exc:
             gr.Info(str(exc))
-            return gr.skip(), gr.skip(), str(exc), *[gr.skip()] * 4
+            return gr.skip(), gr.skip(), str(exc), *[gr.skip()] * 3
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
         for warning in {w for result in sweep.results for w in result.warnings}:
             gr.Warning(warning)
-        history = (history + sweep.results)[-generate_tab.HISTORY_LIMIT:]
-        files = (files + sweep.files)[-generate_tab.HISTORY_LIMIT:]
+        if sweep.results:
+            session = session.add_plot(sweep.results, sweep.files, sweep.grid_path, plan_title(plan))
         singles = [(path, plan.cell_label(i // plan.base.num_images_per_prompt))
                    for i, path in enumerate(sweep.paths)]
-        return sweep.grid_path, singles, describe_sweep(sweep), history, files, sweep.paths[-1], plan.base.seed
+        return sweep.grid_path, singles, describe_sweep(sweep), session, sweep.paths[-1], plan.base.seed
 
     def stop_run(request: gr.Request) -> None:
         """Stop this session's plot: the running cell at its next step, and no further cells."""
         stops.setdefault(request.session_hash, threading.Event()).set()
 
-    inputs = [runs, run_files, *panel.inputs(), image, strength, x_type, x_values, y_type, y_values]
+    # the pick lists last, so API callers may leave them out and give samplers as text
+    inputs = [history, *panel.inputs(), image, strength, x_type, x_values, y_type, y_values, x_samplers, y_samplers]
     running = generate.click(common.running_buttons, outputs=[generate, stop], api_visibility="private",
                              queue=False).then(
-        run, inputs=inputs, outputs=[grid, gallery, info, runs, run_files, last_image, last_seed],
+        run, inputs=inputs, outputs=[grid, gallery, info, history, last_image, last_seed],
         api_name="xy_plot", concurrency_id=common.GPU, concurrency_limit=1)
     running.then(common.idle_buttons, outputs=[generate, stop], api_visibility="private", queue=False)
     stop.click(stop_run, api_visibility="private", queue=False)
     panel.reuse_seed.click(generate_tab.reuse, inputs=last_seed, outputs=panel.seed, api_visibility="private",
                            queue=False)
-    for kind, box in ((x_type, x_values), (y_type, y_values)):
-        kind.change(axis_hint, inputs=kind, outputs=box, api_visibility="private", queue=False)
+    for kind, box, picker in ((x_type, x_values, x_samplers), (y_type, y_values, y_samplers)):
+        kind.change(axis_hint, inputs=kind, outputs=[box, picker], api_visibility="private", queue=False)
     return {"panel": panel, "image": image, "strength": strength, "x_type": x_type, "x_values": x_values,
-            "y_type": y_type, "y_values": y_values, "grid": grid, "gallery": gallery, "info": info,
+            "y_type": y_type, "y_values": y_values, "x_samplers": x_samplers, "y_samplers": y_samplers, "grid": grid, "gallery": gallery, "info": info,
             "generate": generate, "run": run, "inputs": inputs}

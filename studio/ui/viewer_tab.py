@@ -1,8 +1,8 @@
 """The "Denoising viewer" tab: scrub every step of a run, x_t beside the predicted x0, the noise
 schedule, a filmstrip, GIF and contact-sheet export, and the forward (noising) process.
 
-Runs come from the session's history (a gr.State list of results that the generation tabs
-append to). Pictures are decoded on demand from the trajectory's latents by the manager's
+Runs come from the session's history (a studio.history.SessionHistory in a gr.State: each run,
+and each cell of an X/Y plot, under the number History shows). Pictures are decoded on demand from the trajectory's latents by the manager's
 decoders; this module only lays out and wires events.
 """
 from __future__ import annotations
@@ -17,19 +17,22 @@ import gradio as gr
 
 from studio import export
 from studio.errors import StudioError
+from studio.history import SessionHistory
 from studio.ui import common
 
 
 
-def run_label(index: int, result) -> str:
+def run_label(number, result) -> str:
+    """"#7 txt2img: a red circle · seed 3": `number` is the session's ("7", or "7.2" for a plot's cell)."""
     mode = "img2img" if result.request.is_img2img else "txt2img"
     prompt = result.request.prompt[:40] + ("…" if len(result.request.prompt) > 40 else "")
-    return f"#{index + 1} {mode}: {prompt or '(no prompt)'} · seed {result.seeds[0]}"
+    return f"#{number} {mode}: {prompt or '(no prompt)'} · seed {result.seeds[0]}"
 
 
-def pick(runs: list, choice) -> object:
-    """The chosen run: `choice` is its index in the session's history (0 is the oldest), or
-    None for the newest."""
+def pick(history: SessionHistory, choice) -> object:
+    """The chosen run's result: `choice` is its index among the session's runs (0 is the oldest;
+    a plot's cells are runs), or None for the newest."""
+    runs = [run.result for run in history.runs()]
     if not runs:
         raise gr.Error("No run yet: generate in Text to image or Image to image first.")
     allowed = f"expected a run index from 0 to {len(runs) - 1} (0 is the oldest), or none for the newest"
@@ -80,9 +83,9 @@ def step_picture(manager, trajectory, index: int, which: str, decoder: str) -> s
     return path
 
 
-def show_step(manager, runs, choice, step, decoder):
+def show_step(manager, history, choice, step, decoder):
     """x_t, x0, the caption and the schedule chart for 1-based `step` of the chosen run."""
-    trajectory = pick(runs, choice).trajectory
+    trajectory = pick(history, choice).trajectory
     if not trajectory.steps:
         raise gr.Error("This run recorded no steps.")
     number = int(step or len(trajectory.steps))
@@ -100,21 +103,21 @@ def filmstrip(manager, trajectory, decoder: str) -> list[tuple[str, str]]:
             for s in trajectory.steps]
 
 
-def load_run(manager, runs, choice, decoder):
-    trajectory = pick(runs, choice).trajectory
+def load_run(manager, history, choice, decoder):
+    trajectory = pick(history, choice).trajectory
     count = len(trajectory.steps)
-    return (gr.update(maximum=count, value=count), *show_step(manager, runs, choice, count, decoder),
+    return (gr.update(maximum=count, value=count), *show_step(manager, history, choice, count, decoder),
             filmstrip(manager, trajectory, decoder))
 
 
-def redecode(manager, runs, choice, step, decoder):
+def redecode(manager, history, choice, step, decoder):
     """Another decoder: the shown step and the filmstrip again, the slider where it is."""
-    return (*show_step(manager, runs, choice, step, decoder),
-            filmstrip(manager, pick(runs, choice).trajectory, decoder))
+    return (*show_step(manager, history, choice, step, decoder),
+            filmstrip(manager, pick(history, choice).trajectory, decoder))
 
 
-def export_run(manager, runs, choice, decoder):
-    result = pick(runs, choice)
+def export_run(manager, history, choice, decoder):
+    result = pick(history, choice)
     # Under the output root: the one folder the server may serve from and may write to.
     exports = manager.settings.output_root() / "viewer-exports"
     exports.mkdir(parents=True, exist_ok=True)
@@ -126,12 +129,13 @@ def export_run(manager, runs, choice, decoder):
     return str(gif), str(sheet)
 
 
-def history_choices(runs: list):
-    choices = [(run_label(i, r), i) for i, r in enumerate(runs)]
+def history_choices(history: SessionHistory):
+    runs = history.runs()
+    choices = [(run_label(run.number, run.result), i) for i, run in enumerate(runs)]
     return gr.update(choices=choices, value=len(runs) - 1 if runs else None)
 
 
-def build(manager, runs: gr.State, last_image: gr.State) -> dict:
+def build(manager, history: gr.State, last_image: gr.State) -> dict:
     gr.Markdown("Every step of a run, after the run. **Left:** the noisy latents x_t entering the step. "
                 "**Right:** what the model predicts the clean picture x0 to be at that step.")
     with gr.Row():
@@ -156,28 +160,28 @@ def build(manager, runs: gr.State, last_image: gr.State) -> dict:
                             type="filepath", elem_id="viewer-gif-view", scale=2)
     forward_section(manager, last_image)
 
-    def do_load(runs_, choice_, decoder_):
-        return load_run(manager, runs_, choice_, decoder_)
+    def do_load(history_, choice_, decoder_):
+        return load_run(manager, history_, choice_, decoder_)
 
-    def do_step(runs_, choice_, step_, decoder_):
-        return show_step(manager, runs_, choice_, step_, decoder_)
+    def do_step(history_, choice_, step_, decoder_):
+        return show_step(manager, history_, choice_, step_, decoder_)
 
-    def do_export(runs_, choice_, decoder_):
-        return export_run(manager, runs_, choice_, decoder_)
+    def do_export(history_, choice_, decoder_):
+        return export_run(manager, history_, choice_, decoder_)
 
-    def do_redecode(runs_, choice_, step_, decoder_):
-        return redecode(manager, runs_, choice_, step_, decoder_)
+    def do_redecode(history_, choice_, step_, decoder_):
+        return redecode(manager, history_, choice_, step_, decoder_)
 
     shown = [step, noisy, clean, caption, chart, strip]
     gpu = dict(concurrency_id=common.GPU, concurrency_limit=1)
-    runs.change(history_choices, inputs=runs, outputs=choice, api_visibility="private", queue=False)
-    load.click(do_load, inputs=[runs, choice, decoder], outputs=shown, api_name="viewer_load", **gpu)
-    choice.input(do_load, inputs=[runs, choice, decoder], outputs=shown, api_visibility="private", **gpu)
-    step.change(do_step, inputs=[runs, choice, step, decoder], outputs=[noisy, clean, caption, chart],
+    history.change(history_choices, inputs=history, outputs=choice, api_visibility="private", queue=False)
+    load.click(do_load, inputs=[history, choice, decoder], outputs=shown, api_name="viewer_load", **gpu)
+    choice.input(do_load, inputs=[history, choice, decoder], outputs=shown, api_visibility="private", **gpu)
+    step.change(do_step, inputs=[history, choice, step, decoder], outputs=[noisy, clean, caption, chart],
                 api_name="viewer_step", show_progress="hidden", **gpu)
-    decoder.change(do_redecode, inputs=[runs, choice, step, decoder], outputs=[noisy, clean, caption, chart, strip],
+    decoder.change(do_redecode, inputs=[history, choice, step, decoder], outputs=[noisy, clean, caption, chart, strip],
                    api_visibility="private", **gpu)
-    export_button.click(do_export, inputs=[runs, choice, decoder], outputs=[gif, sheet],
+    export_button.click(do_export, inputs=[history, choice, decoder], outputs=[gif, sheet],
                         api_name="viewer_export", **gpu).success(
         show_animation, inputs=gif, outputs=gif_view, api_visibility="private", queue=False)
     return {"run": choice, "decoder": decoder, "shown": shown}  # for the History tab's "Open in viewer"
