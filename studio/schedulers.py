@@ -46,6 +46,12 @@ HINTS = {
 # PLMS. The step from pure noise is exact at first order (Euler there is DDIM), so on such a
 # schedule these samplers take it first-order, as DPM-Solver and UniPC do by design.
 SECOND_ORDER_FIRST_STEP = {"Heun", "DPM2", "DPM2 a", "PLMS"}
+# PLMS's fourth-order extrapolation over few, long steps amplifies the differences between its x0
+# predictions about 6x ((55 + 59 + 37 + 9) / 24); on the bundled model at 8 steps it drew 8 of 16
+# held-out prompts right with order 4, 14 with order 3 and 15 with order 2 (16 of 16 at 20 steps).
+# Under this many steps it keeps one earlier prediction (order 2), as DPM-Solver lowers its order
+# in the final steps under 15 (`lower_order_final`).
+PLMS_FULL_ORDER_STEPS = 15
 
 
 def make_scheduler(name: str, model_config: dict, seeds: list[int] | None = None):
@@ -83,8 +89,10 @@ def make_scheduler(name: str, model_config: dict, seeds: list[int] | None = None
             # repeat 999, which makes diffusers' DPM-Solver run past its last sigma at 50 steps.
             # Ramp from the sigma_max the same betas have without the rescale (SD's: 14.6).
             scheduler.register_to_config(sigma_max=unrescaled_sigma_max(model_config))
-        if name in SECOND_ORDER_FIRST_STEP:
+        if name in SECOND_ORDER_FIRST_STEP and name != "PLMS":
             take_first_step_first_order(scheduler)
+    if name == "PLMS" and config.get("prediction_type") == "v_prediction":
+        plms_on_x0(scheduler, first_step_first_order=zero_snr)
     return scheduler
 
 
@@ -119,20 +127,16 @@ def unrescaled_sigma_max(model_config: dict) -> float:
 
 
 def take_first_step_first_order(scheduler) -> None:
-    """Make the first step of a Heun, DPM2 (ancestral or not) or PLMS scheduler first-order.
+    """Make the first step of a Heun or DPM2 (ancestral or not) scheduler first-order.
 
-    The two-stage samplers' second model call of step 1 is handed the first call's x0, so their
-    combination of the two is Euler's (Euler ancestral's) step. PLMS's second call (its warm-up
-    average) is handed the first noise prediction, and its history restarts after that step, so
-    the pure-noise prediction never enters its extrapolation. Every later step is the sampler's
-    own; the number of model calls is unchanged."""
+    The second model call of step 1 is handed the first call's x0, so their combination of the
+    two is Euler's (Euler ancestral's) step. Every later step is the sampler's own; the number
+    of model calls is unchanged. (PLMS: see `plms_on_x0`.)"""
     original = scheduler.step
     first_x0 = []
 
     @functools.wraps(original)  # keeps `generator` in the signature for the ancestral ones
     def step(model_output, timestep, sample, *args, **kwargs):
-        if type(scheduler).__name__ == "PNDMScheduler":
-            return plms_step(scheduler, original, model_output, timestep, sample, *args, **kwargs)
         second_call_of_step_1 = scheduler.step_index == 1 and not scheduler.state_in_first_order
         if second_call_of_step_1:
             model_output = output_for_x0(scheduler, sample, first_x0[0], corrector_sigma(scheduler))
@@ -144,18 +148,61 @@ def take_first_step_first_order(scheduler) -> None:
     scheduler.step = step
 
 
-def plms_step(scheduler, original, model_output, timestep, sample, *args, **kwargs):
-    if scheduler.counter == 0:  # only a run from pure noise (not img2img) starts at the last timestep
-        scheduler.from_pure_noise = int(timestep) == scheduler.config.num_train_timesteps - 1
-    if not scheduler.from_pure_noise:
-        return original(model_output, timestep, sample, *args, **kwargs)
-    if scheduler.counter == 1:  # the warm-up: from x_T again, with the average of two predictions
-        first, scheduler.ets[-1] = scheduler.ets[-1], model_output
-        return original(first, timestep, sample, *args, **kwargs)  # = the first call's DDIM step
-    out = original(model_output, timestep, sample, *args, **kwargs)
-    if scheduler.counter == 3:  # (counter counts calls made) the history starts at step 2
-        scheduler.ets = scheduler.ets[-1:]
-    return out
+def plms_on_x0(scheduler, first_step_first_order: bool) -> None:
+    """PLMS (diffusers' PNDM) for a v-prediction model, extrapolating predicted x0, not v.
+
+    PNDM keeps the raw model outputs of its last steps and combines them linearly (its warm-up
+    average, then Adams-Bashforth weights), converting only the result to noise with the current
+    sample. But v = sqrt(a) eps - sqrt(1 - a) x0 mixes noise and picture differently at every
+    timestep, so a combination of v from several timesteps is no step of the method; at 8 steps
+    the bundled model drew a washed-out blob (3 of 16 prompts right), and extrapolating noise
+    instead is worse still (0 of 16: near pure noise it hardly says anything about the picture).
+    Here each output is read as the x0 it predicts, at its own timestep and sample, and before
+    every step the history is handed to PNDM re-expressed at the current timestep and sample, so
+    PNDM's weights (each set sums to 1) combine x0s: a multistep method on the data prediction,
+    as DPM-Solver++ is. With `first_step_first_order` (a zero-terminal-SNR schedule, from pure
+    noise), step 1 uses the first x0 alone and the history restarts after it (see
+    SECOND_ORDER_FIRST_STEP). Under PLMS_FULL_ORDER_STEPS steps it is second order (one earlier
+    x0), as DPM-Solver lowers its order under 15 steps. The number of model calls is unchanged."""
+    original = scheduler.step
+    alphas_cumprod = scheduler.alphas_cumprod
+    history: list = []  # predicted x0 behind each entry of scheduler.ets, oldest first
+
+    def coefficients(timestep: int, sample):
+        alpha_bar = alphas_cumprod[timestep].to(sample.device, sample.dtype)
+        return alpha_bar ** 0.5, (1 - alpha_bar) ** 0.5
+
+    def as_output(x0, sample, timestep: int):  # the v that predicts x0 from `sample` at `timestep`
+        a, b = coefficients(timestep, sample)
+        return (a * sample - x0) / b
+
+    @functools.wraps(original)
+    def step(model_output, timestep, sample, *args, **kwargs):
+        t = int(timestep)
+        a, b = coefficients(t, sample)
+        x0 = a * sample - b * model_output
+        counter = scheduler.counter
+        if counter == 0:
+            scheduler.from_pure_noise = first_step_first_order and t == scheduler.config.num_train_timesteps - 1
+            history[:] = [x0]
+            return original(model_output, timestep, sample, *args, **kwargs)
+        if counter == 1:  # the warm-up: PNDM steps again from the first sample and timestep
+            start, t0 = scheduler.cur_sample, t + scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+            warm = history[0] if scheduler.from_pure_noise else x0
+            scheduler.ets = [as_output(history[0], start, t0)]
+            out = original(as_output(warm, start, t0), timestep, sample, *args, **kwargs)
+            if scheduler.from_pure_noise:
+                history[:] = [x0]  # the pure-noise prediction leaves the history
+            return out
+        earlier = 3 if scheduler.num_inference_steps >= PLMS_FULL_ORDER_STEPS else 1
+        scheduler.ets = [as_output(h, sample, t) for h in history[-earlier:]]
+        out = original(as_output(x0, sample, t), timestep, sample, *args, **kwargs)
+        history.append(x0)
+        if scheduler.from_pure_noise and counter == 2:
+            history[:] = [x0]  # x0 of step 1's second call was this same one: not two points
+        return out
+
+    scheduler.step = step
 
 
 def corrector_sigma(scheduler) -> float:
