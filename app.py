@@ -26,8 +26,9 @@ def launch_options(settings: Settings) -> dict:
     """What `demo.launch` gets: where to serve, who may sign in, and the server's limits."""
     from studio.ui import CSS, TITLE
 
+    # No allowed_paths: the --outputs folder is never served as it is (its names can be guessed);
+    # the UI hands out copies in Gradio's cache under unguessable names (studio.ui.common.served).
     options = {"server_name": settings.host, "server_port": settings.port, "css": CSS,
-               "allowed_paths": [str(settings.output_root())],
                "auth": settings.auth_pair(), "max_file_size": MAX_UPLOAD, "show_error": True,
                # each session's history (trajectories included) stays in memory: keep it bounded
                "state_session_capacity": settings.max_sessions}

@@ -51,13 +51,12 @@ def client(app_server):
 
 
 @pytest.fixture(scope="module")
-def served_png(client, app_server) -> str:
-    """A picture the app made and saved under its --outputs: a file it may serve."""
-    gallery = txt2img(client)
-    saved = sorted(Path(app_server[1].outputs).rglob("*.png"))
-    assert saved, "the app saved no picture under --outputs"
-    assert Image.open(gallery[0]["image"]).size == (64, 64)
-    return str(saved[-1])
+def served_png(app_server) -> str:
+    """A picture the app made, as the server gave it to the client: a file it may serve."""
+    gallery = Client(app_server[0], verbose=False, download_files=False).predict(
+        *TXT2IMG.values(), api_name="/txt2img")[1]
+    assert sorted(Path(app_server[1].outputs).rglob("*.png")), "the app saved no picture under --outputs"
+    return gallery[0]["image"]["path"]
 
 
 # ---------------------------------------------------------------- /gradio_api/file=
@@ -107,6 +106,53 @@ def test_file_route_serves_a_picture_the_app_saved(app_server, served_png):
     """The control for the refusals above: the same route does serve what it should."""
     status, body = raw_get(app_server[0], "/gradio_api/file=" + urllib.parse.quote(served_png))
     assert status == 200 and body.startswith(b"\x89PNG")
+
+
+# ------------------------------------------- one visitor's pictures are not another's to fetch
+
+def pictures_of_a_visitor(url: str) -> list[str]:
+    """Every kind of picture a visitor is given, as server paths (nothing downloaded): a txt2img
+    result, an X/Y grid and its single images, a viewer GIF and contact sheet."""
+    client = Client(url, verbose=False, download_files=False)
+    gallery = client.predict(*{**TXT2IMG, "seed": 21}.values(), api_name="/txt2img")[1]
+    grid, singles, _ = client.predict(*TXT2IMG.values(), None, 0.75, "guidance_scale", "1, 7", "nothing", "",
+                                      api_name="/xy_plot")
+    gif, sheet = client.predict(None, "fast", api_name="/viewer_export")
+    return [item["image"]["path"] for item in gallery + singles] + [f["path"] for f in (grid, gif, sheet)]
+
+
+@pytest.fixture(scope="module", params=["saved", "--no-save"])
+def visited(request, bundled_manager, tmp_path_factory):
+    """A studio (saving to --outputs, or with --no-save as on a Space) after one visitor's runs."""
+    settings = Settings(model=DEFAULT_MODEL, port=free_port(), outputs=str(tmp_path_factory.mktemp("visited")),
+                        no_save=request.param == "--no-save")
+    with serve(bundled_manager, settings) as url:
+        yield url, settings, pictures_of_a_visitor(url)
+
+
+def test_another_visitor_can_fetch_no_saved_file_whatever_name_it_guesses(visited):
+    """Saved names are sequential (00012-5.png, 00013-xy-grid.png) and the --no-save folder is
+    named by the PID: a new client fetched another session's grid by guessing. Here the guess is
+    perfect, every file's real path, and still nothing is served."""
+    url, settings, _ = visited
+    saved = [p for p in settings.output_root().rglob("*") if p.is_file()]
+    assert len(saved) >= 6  # the result, 2 cells, the grid, the GIF and the sheet
+    for path in saved:
+        status, body = raw_get(url, "/gradio_api/file=" + urllib.parse.quote(str(path)))
+        assert status in (403, 404) and path.read_bytes()[:64] not in body, (path, status)
+
+
+def test_a_visitor_fetches_its_own_pictures_under_names_nobody_can_guess(visited):
+    url, settings, given = visited
+    cache = Path(gradio_utils.get_upload_folder()).resolve()
+    for path in given:
+        assert Path(path).resolve().is_relative_to(cache) and not Path(path).resolve().is_relative_to(
+            settings.output_root())
+        assert len(Path(path).parent.name) == 64  # a seeded SHA-256 of the content
+        status, body = raw_get(url, "/gradio_api/file=" + urllib.parse.quote(path))
+        assert status == 200 and body[:4] in (b"\x89PNG", b"GIF8"), path
+    with Image.open(given[0]) as picture:  # the copy is the saved PNG, parameters and all
+        assert "Seed: 21" in picture.info["parameters"]
 
 
 def test_an_upload_over_the_size_limit_gets_413(app_server):
@@ -317,13 +363,13 @@ def test_auth_shows_the_sign_in_page_not_the_ui(auth_app):
 
 def test_auth_lets_a_signed_in_client_generate_and_keeps_its_pictures_private(auth_app):
     url, settings = auth_app
-    client = Client(url, verbose=False, auth=("ann", "s3cret-pass"))
-    gallery = txt2img(client)
-    assert Image.open(gallery[0]["image"]).size == (64, 64)
+    client = Client(url, verbose=False, auth=("ann", "s3cret-pass"), download_files=False)
+    given = txt2img(client)[0]["image"]["path"]
     saved = sorted(Path(settings.outputs).rglob("*.png"))[-1]
-    status, _ = raw_get(url, "/gradio_api/file=" + urllib.parse.quote(str(saved)))
+    status, _ = raw_get(url, "/gradio_api/file=" + urllib.parse.quote(given))
     assert status == 401
     with httpx.Client(base_url=url, timeout=30) as session:
         assert session.post("login", data={"username": "ann", "password": "s3cret-pass"}).status_code == 200
         assert session.get("config").status_code == 200
-        assert session.get("gradio_api/file=" + str(saved)).content.startswith(b"\x89PNG")
+        assert session.get("gradio_api/file=" + given).content == saved.read_bytes()
+        assert session.get("gradio_api/file=" + str(saved)).status_code in (403, 404)  # never the saved name

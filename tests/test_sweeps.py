@@ -231,6 +231,8 @@ def event_values(x_kind="guidance_scale", x_text="1, 9", y_kind="seed", y_text="
 
 
 def test_the_tab_event_returns_the_grid_the_singles_and_the_history(tab):
+    from studio.ui import common
+
     session = types.SimpleNamespace(session_hash="sweep-test")
     earlier = SessionHistory().add_run("an earlier run", ["earlier.png"])
     grid_path, singles, info, history, last, seed = tab["run"](session, earlier, *event_values())
@@ -239,10 +241,11 @@ def test_the_tab_event_returns_the_grid_the_singles_and_the_history(tab):
                                               "CFG scale: 1 · Seed: 4", "CFG scale: 9 · Seed: 4"]
     assert last == singles[-1][0] and "4 of 4 cells" in info and seed == 11
     # the plot is one history entry after the earlier run; its cells keep their own files
-    assert [e.number for e in history.entries] == [1, 2] and history.entries[1].grid == grid_path
+    assert [e.number for e in history.entries] == [1, 2] and common.served(history.entries[1].grid) == grid_path
     plot = history.entries[1]
     assert [(r.request.guidance_scale, r.seeds[0]) for r in plot.results] == [(1.0, 3), (9.0, 3), (1.0, 4), (9.0, 4)]
-    assert list(plot.files) == [(path,) for path, _ in singles] and plot.title == "CFG scale x Seed"
+    assert [(common.served(path),) for path, in plot.files] == [(path,) for path, _ in singles]
+    assert plot.title == "CFG scale x Seed"
 
 
 def test_the_tab_event_turns_a_bad_value_into_a_gradio_error(tab):

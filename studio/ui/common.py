@@ -63,13 +63,37 @@ def picture_file(image: Image.Image) -> str:
     broken image that stayed broken. Files already in the cache are served as they are."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    data = buffer.getvalue()
-    path = Path(get_upload_folder()) / hash_bytes(data) / "image.png"
+    return cached_file(buffer.getvalue(), "image.png")
+
+
+def served(path: str | None) -> str | None:
+    """The copy of a file of the studio's own (a saved PNG, a grid, a viewer export) that the
+    browser may fetch: in Gradio's cache under a folder named by the file's seeded content hash,
+    with the file's own name (downloads keep it), made once and remade if pruned.
+
+    The --outputs folder itself is never served: its names (00012-5.png) can be guessed, and
+    another visitor would fetch them. A cached copy's URL can only be known to the session that
+    was given it."""
+    if path is None:
+        return None
+    source = Path(path)
+    if is_cached(source):
+        return str(source)
+    return cached_file(source.read_bytes(), source.name)
+
+
+def is_cached(path: Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve())
+
+
+def cached_file(data: bytes, name: str) -> str:
+    """`data` as <Gradio cache>/<seeded hash of data>/<name>, written whole, only once."""
+    path = Path(get_upload_folder()) / hash_bytes(data) / name
     if path.exists():
-        os.utime(path)  # Gradio's cache pruning ages files by their time: this one is in use
+        os.utime(path)  # the studio's cache pruning ages files by their time: this one is in use
         return str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, staging = tempfile.mkstemp(dir=path.parent, prefix=".image.png.")
+    descriptor, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.")
     with os.fdopen(descriptor, "wb") as file:
         file.write(data)
     os.replace(staging, path)  # whole or not at all, even with another writer at the same time

@@ -89,7 +89,7 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, history
                 break
             paths = await asyncio.to_thread(writer.write, final)
             finals.append(final)
-            shown += paths
+            shown += [common.served(path) for path in paths]  # never the guessable --outputs names
             session = session.add_run(final, paths)
             # each batch shows as soon as it is done, with the ones before it
             yield (gr.skip(), shown, "  \n".join(common.describe_result(f) for f in finals), finals[0].seeds[0],

@@ -72,7 +72,7 @@ def fill(path, target: str, with_picture: bool, max_side: int = MAX_SIDE) -> lis
                    "runs from here use the model's own text encoder output.")
     values = [fields.get(name, gr.skip()) for name in SENT_FIELDS]
     if with_picture:
-        values += [path, fields.get("strength", gr.skip())]
+        values += [common.served(path), fields.get("strength", gr.skip())]
     return [*values, gr.Tabs(selected=target)]
 
 

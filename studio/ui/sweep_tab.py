@@ -137,9 +137,10 @@ def build(manager, writer: OutputWriter, history: gr.State, last_image: gr.State
             gr.Warning(warning)
         if sweep.results:
             session = session.add_plot(sweep.results, sweep.files, sweep.grid_path, plan_title(plan))
-        singles = [(path, plan.cell_label(i // plan.base.num_images_per_prompt))
+        singles = [(common.served(path), plan.cell_label(i // plan.base.num_images_per_prompt))
                    for i, path in enumerate(sweep.paths)]
-        return sweep.grid_path, singles, describe_sweep(sweep), session, sweep.paths[-1], plan.base.seed
+        return (common.served(sweep.grid_path), singles, describe_sweep(sweep), session, singles[-1][0],
+                plan.base.seed)
 
     def stop_run(request: gr.Request) -> None:
         """Stop this session's plot: the running cell at its next step, and no further cells."""

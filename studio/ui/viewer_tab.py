@@ -116,17 +116,18 @@ def redecode(manager, history, choice, step, decoder):
             filmstrip(manager, pick(history, choice).trajectory, decoder))
 
 
-def export_run(manager, history, choice, decoder):
+def export_run(manager, history, choice, decoder, root: Path):
+    """The run's GIF and contact sheet, written under `root` (the app's output folder, where
+    the studio writes), handed to the browser as cached copies (common.served)."""
     result = pick(history, choice)
-    # Under the output root: the one folder the server may serve from and may write to.
-    exports = manager.settings.output_root() / "viewer-exports"
+    exports = Path(root) / "viewer-exports"
     exports.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f"{datetime.now():%Y-%m-%d-%H%M%S}-", dir=exports))
     pairs = export.step_pictures(manager, result.trajectory, decoder)
     gif = export.animated_gif(pairs, result.trajectory.steps, folder / "trajectory.gif")
     sheet = folder / "contact_sheet.png"
     export.contact_sheet(pairs, result.trajectory.steps).save(sheet)
-    return str(gif), str(sheet)
+    return common.served(gif), common.served(sheet)
 
 
 def history_choices(history: SessionHistory):
@@ -135,7 +136,8 @@ def history_choices(history: SessionHistory):
     return gr.update(choices=choices, value=len(runs) - 1 if runs else None)
 
 
-def build(manager, history: gr.State, last_image: gr.State) -> dict:
+def build(manager, history: gr.State, last_image: gr.State, root: Path) -> dict:
+    """Lay out the viewer tab; its exports are written under `root`."""
     gr.Markdown("Every step of a run, after the run. **Left:** the noisy latents x_t entering the step. "
                 "**Right:** what the model predicts the clean picture x0 to be at that step.")
     with gr.Row():
@@ -167,7 +169,7 @@ def build(manager, history: gr.State, last_image: gr.State) -> dict:
         return show_step(manager, history_, choice_, step_, decoder_)
 
     def do_export(history_, choice_, decoder_):
-        return export_run(manager, history_, choice_, decoder_)
+        return export_run(manager, history_, choice_, decoder_, root)
 
     def do_redecode(history_, choice_, step_, decoder_):
         return redecode(manager, history_, choice_, step_, decoder_)
