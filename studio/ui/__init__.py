@@ -19,6 +19,8 @@ CSS = """
 #txt2img-gallery img, #img2img-gallery img, #viewer-filmstrip img, #history-gallery img { image-rendering: pixelated; object-fit: contain !important; max-height: 100%; }
 /* X/Y single images and History: the whole caption ("Sampler: DPM++ 2M Karras · Steps: 8"), wrapped */
 #xyplot-gallery .caption-label, #history-gallery .caption-label { white-space: normal; max-width: 100%; left: 0; }
+/* galleries as tall as their pictures: Gradio gives every gallery a 320-450 px floor */
+#viewer-filmstrip .fixed-height, #xyplot-gallery .fixed-height { min-height: 0; }
 """
 DEFAULT_PROMPT = "a small red circle at the top left on a blue background"
 

@@ -151,13 +151,13 @@ def build(manager, history: gr.State, last_image: gr.State, root: Path) -> dict:
         noisy = gr.Image(label="x_t (noisy)", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-xt", height=256)
         clean = gr.Image(label="predicted x0", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-x0", height=256)
         chart = gr.Image(label="Noise schedule σ (log scale)", interactive=False, format="png", elem_id="viewer-chart")
-    strip = gr.Gallery(label="Filmstrip: predicted x0 at every step", columns=10, height=None,
+    strip = gr.Gallery(label="Filmstrip: predicted x0 at every step", columns=10, height="auto",
                        format="png", elem_id="viewer-filmstrip", interactive=False, object_fit="contain")
     with gr.Row():
         with gr.Column(scale=1):
             export_button = gr.Button("Export GIF and contact sheet", elem_id="viewer-export")
-            gif = gr.File(label="Animated GIF", elem_id="viewer-gif")
-            sheet = gr.File(label="Contact sheet", elem_id="viewer-sheet")
+            gif = gr.File(label="Animated GIF", elem_id="viewer-gif", interactive=False)
+            sheet = gr.File(label="Contact sheet", elem_id="viewer-sheet", interactive=False)
         gif_view = gr.Image(label="The run as an animation: x_t | predicted x0", interactive=False,
                             type="filepath", elem_id="viewer-gif-view", scale=2)
     forward_section(manager, last_image)
