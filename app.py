@@ -20,16 +20,32 @@ from studio.config import Settings, parse_settings
 from studio.errors import StudioError
 
 MAX_UPLOAD = "25mb"
+# Any request body: an upload at MAX_UPLOAD, or such a picture inline as base64 (4/3 larger).
+MAX_BODY = 36 * 1024 * 1024
+
+
+def allowed_hosts(settings: Settings) -> tuple[str, ...] | None:
+    """The Host names the server answers to: in local mode only its own address (and
+    --allowed-hosts), which shuts out DNS rebinding; a public server (a Space, --share, 0.0.0.0)
+    has a public name it cannot know, so any, unless --allowed-hosts names them."""
+    from studio.web import LOOPBACK_HOSTS
+
+    own = (*LOOPBACK_HOSTS, settings.host, *settings.allowed_hosts)
+    return own if settings.allowed_hosts or not settings.public else None
 
 
 def launch_options(settings: Settings) -> dict:
     """What `demo.launch` gets: where to serve, who may sign in, and the server's limits."""
+    from starlette.middleware import Middleware
+
     from studio.ui import CSS, TITLE
+    from studio.web import Guard
 
     # No allowed_paths: the --outputs folder is never served as it is (its names can be guessed);
     # the UI hands out copies in Gradio's cache under unguessable names (studio.ui.common.served).
     options = {"server_name": settings.host, "server_port": settings.port, "css": CSS,
                "auth": settings.auth_pair(), "max_file_size": MAX_UPLOAD, "show_error": True,
+               "app_kwargs": {"middleware": [Middleware(Guard, max_body=MAX_BODY, hosts=allowed_hosts(settings))]},
                # each session's history (trajectories included) stays in memory: keep it bounded
                "state_session_capacity": settings.max_sessions}
     if settings.auth_pair():

@@ -38,6 +38,7 @@ class Settings:
     outputs: str = str(REPO_ROOT / "outputs")
     no_save: bool = False
     allowed_models: tuple[str, ...] = ()  # public mode: only these may be loaded from the UI/API
+    allowed_hosts: tuple[str, ...] = ()   # Host names the server answers to besides its own
     max_queue: int = 16
     max_sessions: int = 200            # sessions whose state (history) the server keeps in memory
     cache_max_age: int = 3600          # seconds Gradio's cached files live before they are pruned
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-save", dest="no_save", action="store_true", default=d["no_save"], help="do not write images to --outputs (the Space default)")
     p.add_argument("--save", dest="no_save", action="store_false", help="write images to --outputs, also on a Space")
     p.add_argument("--allowed-models", type=comma_list, default=d["allowed_models"], help="comma-separated models the UI may switch to")
+    p.add_argument("--allowed-hosts", type=comma_list, default=d["allowed_hosts"], help="comma-separated host names the server answers to, besides the address it binds (local mode answers only to 127.0.0.1/localhost)")
     p.add_argument("--max-queue", type=int, default=d["max_queue"], help="requests waiting at most; more get 'queue full'")
     p.add_argument("--max-sessions", type=int, default=d["max_sessions"], help="sessions whose history is kept in memory; the oldest are dropped")
     p.add_argument("--cache-max-age", type=int, default=d["cache_max_age"], help="seconds before Gradio's cached uploads and results are deleted")

@@ -105,6 +105,31 @@ def save_png(image: Image.Image, path: Path, result, seed: int) -> Path:
     return path
 
 
+def parameters_in_file(path) -> str | None:
+    """The parameters text of the picture file at `path`, without decoding its pixels.
+
+    PIL reads the text chunks before the pixel data on open; a PNG's text after its pixels
+    (allowed, and what some tools write) PIL finds only by decoding the whole picture
+    (`image.text`), so those chunks are read here one by one, skipping the pixel chunks."""
+    with Image.open(path) as image:  # the header and what precedes the pixels
+        if KEY in image.info or image.format != "PNG":
+            return image.info.get(KEY)
+    with open(path, "rb") as file:
+        file.seek(8)  # the PNG signature, checked by the open above
+        png = PngImagePlugin.PngStream(file)
+        while True:
+            kind, position, length = png.read()
+            if kind == b"IEND":
+                return None
+            if kind in (b"tEXt", b"zTXt", b"iTXt"):
+                png.call(kind, position, length)
+                file.seek(4, 1)  # its CRC
+                if KEY in png.im_info:
+                    return png.im_info[KEY]
+            else:
+                file.seek(length + 4, 1)  # the chunk's data and CRC, unread
+
+
 def read_parameters(image: Image.Image) -> str | None:
     """The parameters text of an opened PNG (ours or A1111's), if it has one."""
     text = image.info.get(KEY)

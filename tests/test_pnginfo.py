@@ -14,7 +14,7 @@ from PIL import Image, PngImagePlugin
 from studio import metadata
 from studio.outputs import OutputWriter
 from studio.requests import GenerationRequest, GenerationResult
-from studio.ui import pnginfo_tab
+from studio.ui import common, pnginfo_tab
 
 A1111_TEXT = (
     'masterpiece, 1girl, "smiling": 1.2, (blue eyes:1.1)\n'
@@ -152,7 +152,7 @@ def test_send_to_txt2img_fills_every_field_and_switches_tab(tmp_path, warnings):
 def test_send_to_img2img_sends_the_picture_and_the_denoising_strength(tmp_path, warnings):
     path = png_with(tmp_path / "a1111.png", A1111_TEXT)
     *values, picture, strength, tabs = pnginfo_tab.fill(path, "img2img", with_picture=True)
-    assert (picture, strength, tabs.selected) == (path, 0.45, "img2img")
+    assert (picture, strength, tabs.selected) == (common.served(path), 0.45, "img2img")  # a copy it may serve
     assert values[pnginfo_tab.SENT_FIELDS.index("scheduler")] == "DPM++ 2M Karras"
     assert [w for w in warnings if "Clip skip: 2" in w]  # the UI has no clip-skip control: said so
 
@@ -198,7 +198,7 @@ def test_a_png_without_parameters_cannot_go_to_txt2img_but_its_picture_can_go_to
     with pytest.raises(gr.Error, match="carries no parameters"):
         pnginfo_tab.fill(path, "txt2img", with_picture=False)
     *values, picture, strength, _ = pnginfo_tab.fill(path, "img2img", with_picture=True)
-    assert picture == path and all(isinstance(v, type(gr.skip())) for v in [*values, strength])
+    assert picture == common.served(path) and all(isinstance(v, type(gr.skip())) for v in [*values, strength])
     assert "only the picture" in warnings[0]
 
 

@@ -373,3 +373,112 @@ def test_auth_lets_a_signed_in_client_generate_and_keeps_its_pictures_private(au
         assert session.get("config").status_code == 200
         assert session.get("gradio_api/file=" + given).content == saved.read_bytes()
         assert session.get("gradio_api/file=" + str(saved)).status_code in (403, 404)  # never the saved name
+
+
+# ------------------------------------------------ pictures are checked from their header, once
+
+def header_only_png(width: int, height: int, text: str | None = None) -> bytes:
+    """A PNG that claims `width` x `height` pixels but carries almost no pixel data: decoding it
+    fails, so a server that answers with the size (or the text) never decoded it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    words = chunk(b"tEXt", b"parameters\0" + text.encode()) if text else b""
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + words
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def inline(data: bytes) -> dict:
+    """A FileData holding the file inline as a data: URL: it skips the upload route and its limit."""
+    import base64
+
+    return {"path": None, "url": "data:image/png;base64," + base64.b64encode(data).decode(),
+            "meta": {"_type": "gradio.FileData"}}
+
+
+def call_raw(url: str, api: str, data: list) -> tuple[str, str]:
+    """POST /gradio_api/call/<api>, then read its event stream: (last event name, its data)."""
+    event_id = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data}, timeout=60).json()["event_id"]
+    event, payload = "", ""
+    with httpx.stream("GET", f"{url}gradio_api/call/{api}/{event_id}", timeout=120) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                payload = line.split(":", 1)[1].strip()
+            if event in ("complete", "error") and payload:
+                break
+    return event, payload
+
+
+BOMB_SIDE = 13376  # the probe's 680 KB PNG of zeros: 179 million pixels, 4 GB once decoded
+
+
+def test_png_info_reads_the_text_of_a_huge_picture_without_decoding_it(app_server):
+    bomb = header_only_png(BOMB_SIDE, BOMB_SIDE, "a cat\nSteps: 20, Seed: 1, Size: 512x512")
+    event, payload = call_raw(app_server[0], "png_info", [inline(bomb)])
+    assert event == "complete" and "Steps: 20, Seed: 1" in payload, (event, payload[:300])
+
+
+@pytest.mark.parametrize("route", ["inline data: URL", "upload"])
+def test_an_input_picture_with_too_many_pixels_is_refused_from_its_header(app_server, route, tmp_path):
+    """Decoding came first (4 GB for this one, refused after 65 s); now the header decides."""
+    bomb = header_only_png(BOMB_SIDE, BOMB_SIDE)
+    if route == "upload":
+        path = httpx.post(app_server[0] + "gradio_api/upload", files={"files": ("bomb.png", bomb)},
+                          timeout=60).json()[0]
+        picture = {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "bomb.png"}
+    else:
+        picture = inline(bomb)
+    event, payload = call_raw(app_server[0], "img2img", [*TXT2IMG.values(), picture, 0.5, 1])  # raw: every input
+    assert event == "error" and f"is {BOMB_SIDE}x{BOMB_SIDE} pixels" in payload, (event, payload[:300])
+    assert len(txt2img(Client(app_server[0], verbose=False))) == 1  # and the server goes on
+
+
+# ------------------------------------------------------------------ request size and Host
+
+def test_a_body_declared_over_the_limit_is_refused_before_it_is_read(app_server):
+    from app import MAX_BODY
+
+    parts = urllib.parse.urlsplit(app_server[0])
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:  # the headers only: a server that waited for the 100 MB would time out here
+        connection.putrequest("POST", "/gradio_api/call/png_info")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(100 * 1024 * 1024))
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 413 and f"{MAX_BODY:,}" in response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_a_streamed_body_over_the_limit_is_refused(app_server):
+    from app import MAX_BODY
+
+    def chunks():
+        for _ in range(MAX_BODY // (1 << 20) + 2):
+            yield b"[" + b" " * ((1 << 20) - 1)
+
+    response = httpx.post(app_server[0] + "gradio_api/call/png_info", content=chunks(),
+                          headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(("host", "status"), [("evil.example", 400), ("evil.example:7860", 400),
+                                               ("127.0.0.1", 200), ("localhost:7860", 200), ("[::1]:7860", 200)])
+def test_a_local_server_answers_only_to_its_own_host_names(app_server, host, status):
+    """DNS rebinding: a page at evil.example whose name resolves to 127.0.0.1 reached the studio."""
+    parts = urllib.parse.urlsplit(app_server[0])
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.putrequest("GET", "/config", skip_host=True)
+        connection.putheader("Host", host)
+        connection.endheaders()
+        assert connection.getresponse().status == status
+    finally:
+        connection.close()

@@ -31,8 +31,20 @@ class PictureUpload(gr.Image):
 
     is_template = True
     argument = "image"  # the name error messages give it (Gradio builds props from __init__: not overridden)
+    decode = True       # PNG info needs only the file (PngUpload)
+
+    def get_block_name(self) -> str:  # the stock front end, for subclasses too (is_template looks one level up)
+        return "image"
+
+    get_block_class = get_block_name
 
     def preprocess(self, payload):
+        if payload is not None and (payload.url or "").startswith("data:"):
+            payload = self.inline_to_file(payload)  # Gradio would decode it before any check
+        if payload is not None:
+            self.check_header(payload)  # whatever route the file came by: upload, data: URL, API
+        if not self.decode:
+            return None if payload is None else payload.path
         try:
             return super().preprocess(payload)
         except gr.Error:
@@ -43,6 +55,37 @@ class PictureUpload(gr.Image):
         except Exception as exc:
             raise gr.Error(f"{self.argument}={upload_name(payload)!r} could not be read as a picture "
                            f"({type(exc).__name__}: {exc}). Upload a PNG, JPEG or WebP file.") from exc
+
+
+    def inline_to_file(self, payload):
+        """A picture sent inline (a data: URL) as a file in the cache, its bytes as they came."""
+        head, _, data = payload.url.partition(",")
+        try:
+            if not head.endswith(";base64"):
+                raise ValueError("not base64")
+            raw = base64.b64decode(data, validate=True)
+        except (ValueError, binascii.Error) as exc:
+            raise gr.Error(f"{self.argument}=<data: URL> is not a base64 picture ({exc}).") from None
+        return payload.model_copy(update={"path": cached_file(raw, "inline"), "url": None,
+                                          "orig_name": payload.orig_name or "inline data: URL"})
+
+    def check_header(self, payload) -> None:
+        """Refuse a file that is no picture, or (when it will be decoded) one with too many
+        pixels, from its header alone. A 680 KB PNG of 13376x13376 zeros, sent inline as a
+        data: URL, was decoded to 4 GB before any check; now nothing is decoded to refuse it."""
+        name = f"{self.argument}={upload_name(payload)!r}"
+        try:
+            with warnings.catch_warnings():  # PIL's bomb warning: the size is checked right here
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                picture = Image.open(payload.path)  # reads the header; no pixels yet
+            with picture:
+                if self.decode:
+                    images.check_size(picture, name)
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from None
+        except images.READ_ERRORS as exc:
+            raise gr.Error(f"{name} could not be read as a picture ({type(exc).__name__}: {exc}). "
+                           "Upload a PNG, JPEG or WebP file.") from None
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
@@ -154,6 +197,19 @@ class SizeSlider(gr.Slider):
             name = str(self.label).lower()
             raise gr.Error(f"{name}={payload!r} is not allowed: expected {int(self.minimum)} to "
                            f"{int(self.maximum)} for the loaded model ({SIZE_FACTOR}x its native size).") from None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    
+class PngUpload(PictureUpload):
+    """The PNG info tab's upload: the file itself, never decoded (its text is all it needs), so
+    a picture of any size can be read."""
+
+    is_template = True
+    decode = False
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:

@@ -26,9 +26,8 @@ HEADERS = ["Field", "Value"]
 def parameters_of(path) -> str | None:
     """The parameters text of the picture at `path`, or None; gr.Error if it is not a picture."""
     try:
-        with Image.open(path) as image:
-            return metadata.read_parameters(image)
-    except (UnidentifiedImageError, OSError) as exc:
+        return metadata.parameters_in_file(path)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise gr.Error(f"image={Path(path).name!r} is not a picture this studio can open ({exc}).") from exc
 
 
@@ -87,7 +86,7 @@ def build(manager, txt2img: dict, img2img: dict, tabs: gr.Tabs) -> dict:
                 "then send them to a generation tab.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
-            image = common.PictureUpload(label="PNG", type="filepath", image_mode=None, sources=["upload"],
+            image = common.PngUpload(label="PNG", type="filepath", image_mode=None, sources=["upload"],
                              elem_id="pnginfo-image", elem_classes="studio-picture", height=256)
             with gr.Row():
                 to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo-to-txt2img")
