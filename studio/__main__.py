@@ -73,7 +73,8 @@ def generate(args: argparse.Namespace) -> None:
                                device=args.device,
                                dtype=args.dtype, attention_slicing=args.attention_slicing,
                                vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling,
-                               cpu_offload=args.cpu_offload, trust_pickle=args.trust_pickle)
+                               cpu_offload=args.cpu_offload, trust_pickle=args.trust_pickle,
+                               size_factor=args.size_factor, cache_dir=args.cache_dir)
     plan = batches(request_from(args), args.batch_count)  # a bad --batch-count fails before loading
     manager = PipelineManager(settings)
     manager.load()

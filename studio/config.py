@@ -40,6 +40,7 @@ class Settings:
     allowed_models: tuple[str, ...] = ()  # public mode: only these may be loaded from the UI/API
     allowed_hosts: tuple[str, ...] = ()   # Host names the server answers to besides its own
     max_queue: int = 16
+    size_factor: float = 4.0           # widths and heights up to this many times the model's native size
     max_sessions: int = 200            # sessions whose state (history) the server keeps in memory
     cache_max_age: int = 3600          # seconds Gradio's cached files live before they are pruned
     cache_dir: str = dataclasses.field(default_factory=lambda: default_cache_dir())  # fitted fast-preview maps
@@ -114,6 +115,7 @@ def add_model_arguments(p: argparse.ArgumentParser, d: dict) -> None:
     p.add_argument("--vae-slicing", action=argparse.BooleanOptionalAction, default=d["vae_slicing"])
     p.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=d["vae_tiling"])
     p.add_argument("--cpu-offload", action=argparse.BooleanOptionalAction, default=d["cpu_offload"], help="model CPU offload (needs an accelerator)")
+    p.add_argument("--size-factor", type=float, default=d["size_factor"], help="widths and heights up to this many times the model's native size (default 4; raise it for local use)")
     p.add_argument("--cache-dir", default=d["cache_dir"], help="folder for what the studio can recompute, such as fitted preview maps (default: ~/.cache/diffusion-studio)")
     p.add_argument("--trust-pickle", action=argparse.BooleanOptionalAction, default=d["trust_pickle"], help="allow loading pickle checkpoints (.ckpt .bin .pt .pth), which can run code")
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 
 HISTORY_LIMIT = 12  # entries (runs or plots) a session keeps; older ones are dropped
+# The trajectories a session keeps, in bytes: older entries are dropped past it (the newest
+# always stays). One 2048x2048 run of 8 pictures at 150 steps alone holds about 4.7 GiB.
+HISTORY_BYTES = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # equal only to itself: results hold tensors
@@ -25,6 +28,11 @@ class Entry:
     @property
     def is_plot(self) -> bool:
         return self.grid is not None
+
+
+def entry_bytes(entry: Entry) -> int:
+    """The bytes an entry's trajectories hold (its pictures are files on disk)."""
+    return sum(r.trajectory.nbytes() for r in entry.results if getattr(r, "trajectory", None) is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +58,7 @@ class SessionHistory:
     entries: tuple[Entry, ...] = ()
     next_number: int = 1
     limit: int = HISTORY_LIMIT
+    max_bytes: int = HISTORY_BYTES
 
     def add_run(self, result, paths) -> SessionHistory:
         return self._add(Entry(self.next_number, (result,), (tuple(paths),)))
@@ -58,8 +67,13 @@ class SessionHistory:
         return self._add(Entry(self.next_number, tuple(results), tuple(tuple(f) for f in files), grid, title))
 
     def _add(self, entry: Entry) -> SessionHistory:
-        return dataclasses.replace(self, entries=(self.entries + (entry,))[-self.limit:],
-                                   next_number=self.next_number + 1)
+        entries = (self.entries + (entry,))[-self.limit:]
+        while len(entries) > 1 and sum(map(entry_bytes, entries)) > self.max_bytes:
+            entries = entries[1:]
+        return dataclasses.replace(self, entries=entries, next_number=self.next_number + 1)
+
+    def nbytes(self) -> int:
+        return sum(map(entry_bytes, self.entries))
 
     def runs(self) -> list[Run]:
         """Every run the viewer can open, oldest first; a plot's cells are runs of their own."""

@@ -26,7 +26,7 @@ from studio import devices, images, models, prompts, schedulers
 from studio.config import Settings
 from studio.errors import GenerationCancelled, StudioError
 from studio.previews import PreviewDecoder
-from studio.requests import MAX_SEED, GenerationRequest, GenerationResult, check_inputs
+from studio.requests import MAX_SEED, GenerationRequest, GenerationResult, check_inputs, check_limits
 from studio.trajectory import TrajectoryRecorder, alpha_bar_at, schedule_sigmas, sigma_from_alpha_bar
 from studio.unconditional import UnconditionalRunner
 
@@ -209,6 +209,7 @@ class PipelineManager:
         pipe = model.img2img if request.is_img2img else model.runner
         pipe.scheduler = schedulers.make_scheduler(request.scheduler, model.scheduler_config, seeds)
         request = dataclasses.replace(request, width=width, height=height, seed=base_seed)
+        check_limits(request, model.native_size, self.settings.size_factor, self.settings.public)
 
         # 2. Prompts: warn where the text encoder cuts them; clip_skip done right
         for text, name in ((request.prompt, "prompt"), (request.negative_prompt, "negative_prompt")):
@@ -340,11 +341,15 @@ class PipelineManager:
             # Hand the step over and wait until the consumer takes it, so the run is never more
             # than one step ahead of its consumer: a consumer that stops asking (Gradio after a
             # cancel) closes this generator, which sets `cancel` while that step is the last one
-            # started. A consumer that is merely slow holds a step for STEP_HANDOVER_WAIT at most.
+            # started. A consumer that has not taken a step for STEP_HANDOVER_WAIT is gone (a
+            # client that went away while its event was between two yields): the run stops.
             events.put(("step", *event, self.preview_note(request) if event[2] is None else None))
             deadline = time.monotonic() + STEP_HANDOVER_WAIT
             while not taken.acquire(timeout=0.05):
-                if cancel.is_set() or time.monotonic() > deadline:
+                if cancel.is_set():
+                    return
+                if time.monotonic() > deadline:
+                    cancel.set()
                     return
 
         threads = torch.get_num_threads()  # the caller's setting holds in the worker too
@@ -376,7 +381,7 @@ class PipelineManager:
 
 FORWARD_SIDE = 256  # px: the forward process's pictures are previews, at most this size
 FORWARD_FULL_VAE_PIXELS = 128 * 128  # up to here the full VAE decodes them (cheap even for SD's)
-STEP_HANDOVER_WAIT = 10.0  # seconds a step waits for a slow consumer before the run goes on
+STEP_HANDOVER_WAIT = 10.0  # seconds a step waits for its consumer; then the run is abandoned
 
 
 def out_of_memory_message(request: GenerationRequest, model: LoadedModel) -> str:

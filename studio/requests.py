@@ -16,10 +16,14 @@ from PIL import Image
 
 from studio import schedulers
 from studio.config import PREVIEWS
-from studio.errors import bad_argument
+from studio.errors import StudioError, bad_argument
 
 MAX_STEPS = 150
 MIN_SIDE, MAX_SIDE = 64, 2048
+SIZE_FACTOR = 4.0  # width and height go up to this many times the model's native size (--size-factor)
+# A shared (public) server takes at most this much work in one request, counted in steps of one
+# picture at the model's native size: 8 pictures x 150 steps, or one 4x-wide picture x 75 steps.
+MAX_PUBLIC_WORK = 1200
 MAX_GUIDANCE = 30.0
 MAX_BATCH = 8
 MAX_BATCH_COUNT = 16  # batches run one after another (A1111's "batch count")
@@ -103,6 +107,30 @@ def check_text(name: str, value) -> None:
     bad = next((c for c in value if (ord(c) < 32 or ord(c) == 127) and c not in ALLOWED_CONTROL), None)
     if bad is not None:
         raise bad_argument(name, value, f"printable text (it holds the control character {ord(bad):#04x})")
+
+
+def size_bound(native_size: int, factor: float = SIZE_FACTOR) -> int:
+    """The largest width or height allowed for a model of `native_size` pixels (a multiple of 8)."""
+    return max(MIN_SIDE, min(MAX_SIDE, int(factor * native_size) // 8 * 8))
+
+
+def check_limits(request: GenerationRequest, native_size: int, factor: float = SIZE_FACTOR,
+                 public: bool = False) -> None:
+    """The server-side ceilings that depend on the model, for every caller (UI, API, CLI):
+    sides up to `factor` x native; on a public server, at most MAX_PUBLIC_WORK per request."""
+    bound = size_bound(native_size, factor)
+    for side in ("width", "height"):
+        value = getattr(request, side)
+        if value is not None and int(value) > bound:
+            raise bad_argument(side, value, f"at most {bound} for this model ({factor:g}x its native "
+                                            f"{native_size}px; --size-factor raises it for local use)")
+    if public:
+        width, height = request.width or native_size, request.height or native_size
+        work = request.steps_to_run() * request.num_images_per_prompt * width * height / native_size ** 2
+        if work > MAX_PUBLIC_WORK:
+            raise StudioError(f"This request is {work:,.0f} picture-steps at the model's native size "
+                              f"(steps x batch x size); a shared server takes at most {MAX_PUBLIC_WORK:,} "
+                              "in one request. Use fewer steps, a smaller batch or a smaller size.")
 
 
 def check_inputs(request: GenerationRequest) -> GenerationRequest:

@@ -88,3 +88,16 @@ def test_send_to_img2img_from_a_batch_sends_that_pictures_own_seed(history, monk
     assert (sent["prompt"], sent["seed"], sent["num_images_per_prompt"]) == ("a red circle", 6, 2)
     assert picture == common.served(batch[1]) and tabs.selected == "img2img"
     assert isinstance(strength, type(gr.skip()))  # a txt2img run has no denoising strength
+
+
+def test_the_history_is_bounded_in_bytes_as_well_as_in_entries(history):
+    """By count alone, 12 runs at 2048x2048, batch 8, 150 steps would keep about 56 GiB."""
+    result, paths = history.entries[1].results[0], history.entries[1].files[0]
+    size = result.trajectory.nbytes()
+    session = SessionHistory(max_bytes=3 * size)
+    for _ in range(5):
+        session = session.add_run(result, paths)
+    assert len(session) == 3 and session.nbytes() == 3 * size <= session.max_bytes
+    assert [e.number for e in session.entries] == [3, 4, 5]
+    huge = SessionHistory(max_bytes=size // 2).add_run(result, paths)
+    assert len(huge) == 1  # the newest run always stays, however large

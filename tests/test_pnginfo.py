@@ -187,7 +187,7 @@ def test_the_size_sliders_follow_the_loaded_model():
         panel = common.parameter_panel("t", 64, "a cat")
     assert (panel.width.maximum, panel.height.maximum, panel.width.step) == (256, 256, 8)
     assert panel.width.info == panel.height.info == "up to 4x the 64px it learned; larger repeats the subject"
-    sd = types.SimpleNamespace(info=types.SimpleNamespace(native_size=512))
+    sd = types.SimpleNamespace(info=types.SimpleNamespace(native_size=512), settings=types.SimpleNamespace(size_factor=4.0))
     width, height = settings_panel.fit_sizes(sd, [panel])
     assert (width["maximum"], width["value"], height["maximum"]) == (2048, 512, 2048)
     assert panel.width.maximum == 2048  # what Gradio checks API callers' values against

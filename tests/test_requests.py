@@ -92,3 +92,17 @@ def test_batches_wrap_at_the_largest_seed():
 def test_a_bad_batch_count_is_refused_naming_it(count):
     with pytest.raises(StudioError, match=rf"batch_count={count!r} is not allowed"):
         batches(GenerationRequest(), count)
+
+
+def test_server_side_ceilings_come_from_the_model_for_every_caller():
+    """A 2048x2048 txt2img on the 64 px model took 507 s and 4.3 GB through the API."""
+    from studio.requests import MAX_PUBLIC_WORK, check_limits
+
+    with pytest.raises(StudioError, match=r"width=2048 is not allowed: expected at most 256 for this model "
+                                          r"\(4x its native 64px; --size-factor raises it"):
+        check_limits(GenerationRequest(width=2048, height=64), 64)
+    check_limits(GenerationRequest(width=2048, height=2048), 64, factor=32)  # raised for local use
+    check_limits(GenerationRequest(num_inference_steps=150, num_images_per_prompt=8), 64, public=True)
+    with pytest.raises(StudioError, match=f"at most {MAX_PUBLIC_WORK:,} in one request"):
+        check_limits(GenerationRequest(num_inference_steps=150, num_images_per_prompt=8, width=128, height=128),
+                     64, public=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import os
 import sys
+import threading
 import urllib.parse
 from pathlib import Path
 
@@ -482,3 +483,70 @@ def test_a_local_server_answers_only_to_its_own_host_names(app_server, host, sta
         assert connection.getresponse().status == status
     finally:
         connection.close()
+
+
+# ------------------------------------------------------- a client that goes away stops its run
+
+GONE_CLIENT = """
+import sys
+from gradio_client import Client
+client = Client(sys.argv[1], verbose=False)
+job = client.submit(*eval(sys.argv[2]), api_name="/txt2img")
+for update in job:  # the first status line: the run is going; then this process is killed
+    print("running", flush=True)
+    break
+import time
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def recorded_runs(bundled_manager, monkeypatch):
+    """The steps of the runs the app streams from the manager, and whether each run ended."""
+    runs = []
+    original = bundled_manager.stream
+
+    def recording(request, cancel=None):
+        run = {"steps": [], "started": threading.Event(), "ended": threading.Event()}
+        runs.append(run)
+        try:
+            for event in original(request, cancel):
+                if event[0] == "step":
+                    run["steps"].append(event[1])
+                    run["started"].set()
+                yield event
+        finally:
+            run["ended"].set()
+
+    monkeypatch.setattr(bundled_manager, "stream", recording)
+    return runs
+
+
+@pytest.mark.parametrize("client_kind", ["raw HTTP/SSE", "gradio_client"])
+def test_a_client_that_goes_away_stops_its_run_within_a_step(app_server, recorded_runs, client_kind):
+    """A 150-step job whose client was killed ran on (31+ minutes at 2048x2048) and a small
+    request behind it waited 900 s."""
+    import subprocess
+
+    values = list({**TXT2IMG, "num_inference_steps": 150, "preview": "none"}.values())
+    if client_kind == "raw HTTP/SSE":
+        event_id = httpx.post(f"{app_server[0]}gradio_api/call/txt2img", json={"data": [*values, 1]},
+                              timeout=60).json()["event_id"]
+        with httpx.stream("GET", f"{app_server[0]}gradio_api/call/txt2img/{event_id}", timeout=60) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: generating"):
+                    break  # the run is going: drop the connection
+    else:
+        process = subprocess.Popen([sys.executable, "-c", GONE_CLIENT, app_server[0], repr(values)],
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            assert process.stdout.readline().strip() == "running"
+        finally:
+            process.kill()
+            process.wait()
+    assert recorded_runs and recorded_runs[-1]["started"].wait(60)  # recorded before any status line
+    at_drop = recorded_runs[-1]["steps"][-1]
+    assert recorded_runs[-1]["ended"].wait(120), "the abandoned run did not stop"
+    steps = recorded_runs[-1]["steps"]
+    assert steps[-1] < 150 and steps[-1] - at_drop <= 3, (at_drop, steps[-1])
+    assert len(txt2img(Client(app_server[0], verbose=False))) == 1  # the next request is served

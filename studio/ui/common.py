@@ -25,7 +25,8 @@ from PIL import Image
 
 from studio import images, schedulers
 from studio.errors import GenerationCancelled, StudioError
-from studio.requests import MAX_BATCH, MAX_BATCH_COUNT, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
+from studio.requests import (MAX_BATCH, MAX_BATCH_COUNT, MAX_GUIDANCE, MAX_SEED, MAX_STEPS, MIN_SIDE, SIZE_FACTOR,
+                             size_bound)
 
 GPU = "gpu"  # every event that runs the model shares this concurrency_id
 PREVIEW_CHOICES = [("Off", "none"), ("Fast (linear)", "fast"), ("Full VAE", "full")]
@@ -185,7 +186,6 @@ class ParameterPanel:
                 self.preview]
 
 
-SIZE_FACTOR = 4  # width and height go up to this many times the model's native size
 
 
 class SizeSlider(gr.Slider):
@@ -201,19 +201,14 @@ class SizeSlider(gr.Slider):
         except gr.Error:
             name = str(self.label).lower()
             raise gr.Error(f"{name}={payload!r} is not allowed: expected {int(self.minimum)} to "
-                           f"{int(self.maximum)} for the loaded model ({SIZE_FACTOR}x its native size).") from None
+                           f"{int(self.maximum)} for the loaded model (--size-factor times its native size).") from None
 
 
-def size_bound(native_size: int) -> int:
-    """The largest width or height the sliders offer for a model of `native_size` pixels."""
-    return max(MIN_SIDE, min(MAX_SIDE, SIZE_FACTOR * native_size))
+def size_info(native_size: int, factor: float = SIZE_FACTOR) -> str:
+    return f"up to {factor:g}x the {native_size}px it learned; larger repeats the subject"
 
 
-def size_info(native_size: int) -> str:
-    return f"up to {SIZE_FACTOR}x the {native_size}px it learned; larger repeats the subject"
-
-
-def parameter_panel(tab: str, native_size: int, default_prompt: str,
+def parameter_panel(tab: str, native_size: int, default_prompt: str, size_factor: float = SIZE_FACTOR,
                     previews: list[tuple[str, str]] | None = None, batch_count: bool = True) -> ParameterPanel:
     """The prompt and sampling controls. With `batch_count`, also a "Batch count" slider
     (`panel.batch_count`, not in `inputs()`: events that run batches add it themselves)."""
@@ -226,10 +221,10 @@ def parameter_panel(tab: str, native_size: int, default_prompt: str,
         guidance = gr.Slider(0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance (CFG scale)",
                              elem_id=f"{tab}-guidance", info="how strongly to follow the prompt")
     with gr.Row():
-        width = SizeSlider(MIN_SIDE, size_bound(native_size), value=native_size, step=8, label="Width",
-                          elem_id=f"{tab}-width", info=size_info(native_size))
-        height = SizeSlider(MIN_SIDE, size_bound(native_size), value=native_size, step=8, label="Height",
-                            elem_id=f"{tab}-height", info=size_info(native_size))
+        bound, info = size_bound(native_size, size_factor), size_info(native_size, size_factor)
+        width = SizeSlider(MIN_SIDE, bound, value=native_size, step=8, label="Width", elem_id=f"{tab}-width", info=info)
+        height = SizeSlider(MIN_SIDE, bound, value=native_size, step=8, label="Height", elem_id=f"{tab}-height",
+                            info=info)
     with gr.Row():
         scheduler = gr.Dropdown(schedulers.NAMES, value=schedulers.DEFAULT, label="Sampler",
                                 elem_id=f"{tab}-scheduler",
@@ -291,18 +286,42 @@ def run_stream(stream, progress: gr.Progress, label: str = ""):
         stream.close()
 
 
-async def stream_steps(stream, progress: gr.Progress, stop_flag, label: str = ""):
+def client_gone(request: gr.Request):
+    """A check of whether the client of the running event went away (its page closed, its
+    gradio_client killed, its raw SSE stream dropped).
+
+    Gradio notices a dropped event stream and marks the session's jobs dead (Queue.clean_events),
+    but an event that is between two yields learns of it only at its next one, and the run went
+    on for 31 minutes. This reads that mark, which is Gradio's internals (pinned gradio 6.31;
+    test_security's abandoned-job test fails if it moves)."""
+    from gradio.context import LocalContext
+
+    blocks, session = LocalContext.blocks.get(None), request.session_hash
+
+    def gone() -> bool:
+        queue = getattr(blocks, "_queue", None)
+        jobs = [job for jobs in getattr(queue, "active_jobs", None) or [] if jobs for job in jobs
+                if job.session_hash == session]
+        return bool(jobs) and not any(job.alive for job in jobs)
+
+    return gone
+
+
+async def stream_steps(stream, progress: gr.Progress, stop_flag, label: str = "", gone=None):
     """`run_stream` for async event functions: each step is awaited in a worker thread, so the
     event yields only what it has to show (a preview, or a status line every STATUS_EVERY s),
     not once a step.
 
     Gradio stops an event by cancelling its task (an API client's cancel, a closed page). A sync
     generator learns of that only at its next yield; here the await raises at once, and
-    `stop_flag` makes the manager end the run after the step under way."""
+    `stop_flag` makes the manager end the run after the step under way. `gone` (client_gone)
+    is asked at every step: a client that went away stops its run within a step."""
     steps = run_stream(stream, progress, label)
     shown = 0.0
     try:
         while (item := await asyncio.to_thread(next, steps, None)) is not None:
+            if gone is not None and gone():
+                stop_flag.set()
             if item.step and item.picture is None and time.monotonic() - shown < STATUS_EVERY:
                 continue
             shown = time.monotonic()

@@ -196,7 +196,7 @@ class SizeSlider(gr.Slider):
         except gr.Error:
             name = str(self.label).lower()
             raise gr.Error(f"{name}={payload!r} is not allowed: expected {int(self.minimum)} to "
-                           f"{int(self.maximum)} for the loaded model ({SIZE_FACTOR}x its native size).") from None
+                           f"{int(self.maximum)} for the loaded model (--size-factor times its native size).") from None
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:

@@ -50,7 +50,7 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, history
                 start_picture = gr.Image(label="Where the run starts: the picture noised by this strength",
                                          interactive=False, elem_classes="studio-picture", format="png", height=160,
                                          elem_id="img2img-start-preview")
-            panel = common.parameter_panel(tab, manager.info.native_size, default_prompt,
+            panel = common.parameter_panel(tab, manager.info.native_size, default_prompt, manager.settings.size_factor,
                                            common.preview_choices(manager))
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}-generate")
@@ -67,6 +67,7 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, history
         stop_flag = stops.setdefault(request.session_hash, threading.Event())
         stop_flag.clear()
         *values, count = values
+        gone = common.client_gone(request)
         try:
             plan = batches(request_from(mode, values), count)
         except StudioError as exc:
@@ -78,7 +79,7 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, history
             # Steps are awaited, not yielded: the event yields only a preview picture, as messages
             # to the browser cost milliseconds each (benchmarks/RESULTS.md, section 4).
             async for update in common.stream_steps(manager.stream(generation, stop_flag), progress,
-                                                    stop_flag, label):
+                                                    stop_flag, label, gone):
                 if update.result is not None:
                     final = update.result
                 else:  # a step's preview and status line, or "Stopped at step k of N."

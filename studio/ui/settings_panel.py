@@ -51,10 +51,10 @@ def fit_sizes(manager, panels: list) -> list:
     """After a model switch: every panel's width and height bounded by the new model and set to
     its native size. The sliders themselves change too, as Gradio checks every session's and
     API caller's value against them on the server; open pages see the new range on reload."""
-    native = manager.info.native_size
+    native, factor = manager.info.native_size, manager.settings.size_factor
     updates = []
     for panel in panels:
         for slider in (panel.width, panel.height):
-            slider.maximum = common.size_bound(native)
-            updates.append(gr.update(maximum=slider.maximum, value=native, info=common.size_info(native)))
+            slider.maximum = common.size_bound(native, factor)
+            updates.append(gr.update(maximum=slider.maximum, value=native, info=common.size_info(native, factor)))
     return updates

@@ -95,7 +95,8 @@ def build(manager, writer: OutputWriter, history: gr.State, last_image: gr.State
             with gr.Row():
                 generate = gr.Button("Generate plot", variant="primary", elem_id="xyplot-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="xyplot-stop", interactive=False)
-            panel = common.parameter_panel("xyplot", manager.info.native_size, DEFAULT_PROMPT, batch_count=False)
+            panel = common.parameter_panel("xyplot", manager.info.native_size, DEFAULT_PROMPT,
+                                           manager.settings.size_factor, batch_count=False)
             panel.preview.visible = False  # a plot shows no live preview; its runs decode none
             with gr.Accordion("Starting picture (image to image; a strength axis needs one)", open=False):
                 image = common.PictureUpload(label="Starting picture", type="filepath", image_mode=None,
@@ -115,8 +116,11 @@ def build(manager, writer: OutputWriter, history: gr.State, last_image: gr.State
         *panel_values, picture, strength_, x_kind, x_text, y_kind, y_text, x_picked, y_picked = values
         stop_flag = stops.setdefault(request.session_hash, threading.Event())
         stop_flag.clear()
+        gone = common.client_gone(request)
 
         def report(cell, cells, step, steps):
+            if gone():  # its client went away: no more steps, no more cells
+                stop_flag.set()
             progress((cell * max(steps, 1) + step, cells * max(steps, 1)),
                      desc=f"cell {cell + 1} of {cells} · step {step}/{steps}")
 
