@@ -39,13 +39,15 @@ def launch_options(settings: Settings) -> dict:
     from starlette.middleware import Middleware
 
     from studio.ui import CSS, TITLE
-    from studio.web import Guard
+    from studio.web import Guard, SignInGate, slow_failures
 
     # No allowed_paths: the --outputs folder is never served as it is (its names can be guessed);
     # the UI hands out copies in Gradio's cache under unguessable names (studio.ui.common.served).
     options = {"server_name": settings.host, "server_port": settings.port, "css": CSS,
-               "auth": settings.auth_pair(), "max_file_size": MAX_UPLOAD, "show_error": True,
-               "app_kwargs": {"middleware": [Middleware(Guard, max_body=MAX_BODY, hosts=allowed_hosts(settings))]},
+               "auth": slow_failures(*settings.auth_pair()) if settings.auth else None,
+               "max_file_size": MAX_UPLOAD, "show_error": True,
+               "app_kwargs": {"middleware": [Middleware(Guard, max_body=MAX_BODY, hosts=allowed_hosts(settings))]
+                              + ([Middleware(SignInGate)] if settings.auth else [])},
                # each session's history (trajectories included) stays in memory: keep it bounded
                "state_session_capacity": settings.max_sessions}
     if settings.auth_pair():

@@ -1,4 +1,4 @@
-"""ASGI guards in front of the studio's server: a request body size limit and allowed Host names.
+"""ASGI guards in front of the studio's server: a body size limit, allowed Host names, sign-in.
 
 `Guard` wraps any ASGI app (app.py hands it to Gradio's FastAPI app as middleware). It refuses,
 before the app reads anything:
@@ -9,6 +9,11 @@ before the app reads anything:
 It is plain ASGI (and Starlette's HTTPException); it knows nothing of Gradio.
 """
 from __future__ import annotations
+
+import asyncio
+import hmac
+import http.cookies
+import re
 
 from starlette.exceptions import HTTPException
 
@@ -79,3 +84,78 @@ async def refuse(scope, send, status: int, text: str) -> None:
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                             (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+class SignInGate:
+    """With --auth, nothing but the sign-in page and what it loads answers without a session.
+
+    Gradio (6.31) checks the session on /config and its API routes, but not everywhere: without
+    signing in, GET / and /gradio_api/runs embedded the whole API description (every endpoint,
+    its defaults, the model's server path), POST /gradio_api/cancel cancelled a signed-in user's
+    run, and /gradio_api/heartbeat opened a stream. Here a request without a valid session
+    cookie reaches only OPEN paths; the page at / is the sign-in page with no API description.
+    The session is Gradio's own: its access-token cookie, looked up in the app's tokens."""
+
+    OPEN = {"/", "/login", "/login/", "/login_check", "/login_check/", "/logout", "/favicon.ico",
+            "/theme.css", "/manifest.json", "/robots.txt",
+            "/gradio_api/startup-events"}  # launch() calls it once itself; it runs nothing twice
+    OPEN_PREFIXES = ("/assets/", "/static/", "/svelte/")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or self.signed_in(scope):
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if path not in self.OPEN and not path.startswith(self.OPEN_PREFIXES):
+            return await refuse(scope, send, 401, "Not signed in: sign in with the user and password first.")
+        if path != "/":
+            return await self.app(scope, receive, send)
+        held = []  # the page, to send without its API description
+
+        async def hold(message):
+            held.append(message)
+
+        await self.app(scope, receive, hold)
+        start, body = held[0], b"".join(m.get("body", b"") for m in held[1:])
+        body = API_INFO.sub(b"window.gradio_api_info = null;</script>", body)
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        await send({**start, "headers": headers + [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def signed_in(scope) -> bool:
+        app = scope.get("app")
+        tokens, cookie_id = getattr(app, "tokens", None), getattr(app, "cookie_id", None)
+        if not tokens or cookie_id is None:
+            return False
+        cookies = http.cookies.SimpleCookie()
+        for key, value in scope.get("headers", []):
+            if key.lower() == b"cookie":
+                try:
+                    cookies.load(value.decode("latin-1"))
+                except http.cookies.CookieError:
+                    return False
+        return any(name in cookies and cookies[name].value in tokens
+                   for name in (f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"))
+
+
+API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
+
+
+def slow_failures(user: str, password: str, delay: float = 1.0, wait=asyncio.sleep):
+    """Gradio's `auth` callable for one user:password pair, in constant time; each wrong guess
+    waits `delay` seconds in a single line with every other wrong guess, so guessing is held to
+    about one try a second however many connections an attacker opens. Right ones never wait."""
+    lock = asyncio.Lock()
+
+    async def check(name: str, given: str) -> bool:
+        right = hmac.compare_digest(name.encode(), user.encode()) & hmac.compare_digest(
+            given.encode(), password.encode())
+        if not right:
+            async with lock:
+                await wait(delay)
+        return right
+
+    return check

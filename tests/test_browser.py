@@ -427,3 +427,28 @@ def test_the_viewer_of_an_img2img_run_agrees_with_its_slider_and_shows_every_fra
     page.click("#viewer-export")
     expect_loaded_image(page, "#viewer-gif-view")
     page.screenshot(path=artifacts / "viewer-img2img-full-vae.png", full_page=True)
+
+
+@pytest.fixture(scope="module")
+def auth_server(bundled_manager, tmp_path_factory):
+    from studio.config import Settings
+    from tests.conftest import free_port, serve
+
+    settings = Settings(port=free_port(), auth="ann:s3cret-pass", outputs=str(tmp_path_factory.mktemp("auth")))
+    with serve(bundled_manager, settings) as url:
+        yield url
+
+
+def test_the_sign_in_page_signs_in_without_the_api_description(browser, auth_server, artifacts):
+    """The sign-in page no longer carries Gradio's API description; it must still work."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    try:
+        page.goto(auth_server)
+        page.get_by_label("username").fill("ann")
+        page.get_by_label("password").fill("s3cret-pass")
+        page.screenshot(path=artifacts / "sign-in.png", full_page=True)
+        page.get_by_role("button", name="Login").click()
+        expect(page.locator("#txt2img-generate")).to_be_visible(timeout=PAGE_READY_SECONDS * 1000)
+    finally:
+        context.close()

@@ -335,6 +335,34 @@ def auth_app(bundled_manager, tmp_path_factory):
         yield url, settings
 
 
+@pytest.mark.parametrize("page", ["", "?view=api"])
+def test_auth_sign_in_page_carries_no_api_description(auth_app, page):
+    """It embedded every endpoint, its defaults and the model's server path."""
+    response = httpx.get(auth_app[0] + page, timeout=30)
+    assert response.status_code == 200 and '"auth_required":true' in response.text
+    assert "named_endpoints" not in response.text and DEFAULT_MODEL not in response.text
+
+
+def test_a_wrong_password_waits_in_line_and_a_right_one_does_not():
+    import asyncio
+
+    from studio import web
+
+    waits = []
+
+    async def recorded(seconds):
+        waits.append(seconds)
+
+    check = web.slow_failures("ann", "s3cret-pass", wait=recorded)
+
+    async def tries():
+        assert await check("ann", "s3cret-pass") is True and waits == []
+        assert await check("ann", "guess") is False and await check("bob", "s3cret-pass") is False
+
+    asyncio.run(tries())  # one event loop, as in the server
+    assert waits == [1.0, 1.0]
+
+
 def test_auth_refuses_a_client_without_credentials(auth_app):
     with pytest.raises(Exception, match="credentials|login|Login"):
         Client(auth_app[0], verbose=False)
@@ -347,7 +375,10 @@ def test_auth_refuses_a_client_with_a_wrong_password(auth_app):
 
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "config"), ("GET", "gradio_api/info"), ("POST", "gradio_api/call/txt2img"),
-    ("POST", "gradio_api/upload"), ("POST", "gradio_api/queue/join")])
+    ("POST", "gradio_api/upload"), ("POST", "gradio_api/queue/join"),
+    # answered without a session until the sign-in gate (studio/web.py SignInGate):
+    ("GET", "gradio_api/runs"), ("POST", "gradio_api/cancel"), ("GET", "gradio_api/heartbeat/x"),
+    ("GET", "gradio_api/queue/data?session_hash=x")])
 def test_auth_refuses_raw_api_calls_without_a_session(auth_app, method, path):
     payload = {"files": {"files": ("a.png", b"x")}} if path.endswith("upload") else \
         {"json": {"data": list(TXT2IMG.values()), "fn_index": 0, "session_hash": "x"}}
