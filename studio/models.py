@@ -70,11 +70,17 @@ def looks_like_hub_id(name: str) -> bool:
             and not name.lower().endswith(WEIGHT_SUFFIXES))
 
 
+MAX_NAME_CHARS = 1024
+
+
 def resolve(name: str, trust_pickle: bool = False) -> ModelSource:
     """Decide what `name` is, refusing what cannot or must not be loaded."""
     if not isinstance(name, str) or not name.strip():
         raise StudioError(f"model={name!r} is empty: give a diffusers folder, a .safetensors file "
                           "or a Hugging Face Hub id.")
+    if len(name) > MAX_NAME_CHARS:  # the file system would answer "File name too long"
+        raise StudioError(f"model={name[:40] + '...'!r} is {len(name):,} characters long; a model name or "
+                          f"path has at most {MAX_NAME_CHARS}.")
     path = Path(name).expanduser()
     if path.is_dir():
         return resolve_folder(name, path, trust_pickle)

@@ -104,6 +104,8 @@ def check_text(name: str, value) -> None:
         raise bad_argument(name, value, "text")
     if len(value) > MAX_PROMPT_CHARS:
         raise bad_argument(name, value, f"at most {MAX_PROMPT_CHARS} characters (got {len(value)})")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):  # JSON allows "\ud800"; UTF-8 and tokenizers do not
+        raise bad_argument(name, value, "valid Unicode text (it holds a lone surrogate, half of a character)")
     bad = next((c for c in value if (ord(c) < 32 or ord(c) == 127) and c not in ALLOWED_CONTROL), None)
     if bad is not None:
         raise bad_argument(name, value, f"printable text (it holds the control character {ord(bad):#04x})")

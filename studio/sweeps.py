@@ -113,7 +113,10 @@ def expand_range(axis: str, kind: str, item: str) -> list | None:
     step = direction if step is None else step
     if step == 0 or (step > 0) != (direction > 0) and start != end:
         raise axis_error(axis, kind, item, f"a step in ( ) that goes from {start} towards {end}")
-    count = math.floor((end - start) / step + 1e-9) + 1
+    try:
+        count = math.floor((end - start) / step + 1e-9) + 1
+    except (OverflowError, ValueError):  # a 1000-digit end: no float holds it
+        count = math.inf
     if count > MAX_CELLS:
         raise axis_error(axis, kind, item, f"a range of at most {MAX_CELLS} values (it gives {count})")
     return [start + i * step if cast is int else round(start + i * step, 6) for i in range(count)]
@@ -139,12 +142,17 @@ def parse_value(axis: str, kind: str, item: str) -> list:
     return [item]
 
 
+MAX_AXIS_CHARS = 4000  # 64 prompt S/R values of 60 characters fit; a 128 KiB value list does not
+
+
 def parse_axis(axis: str, kind: str, text: str | None) -> Axis:
     """An axis from its kind and typed values; "nothing" ignores the values (one row or column)."""
     if kind not in KINDS:
         raise bad_argument(f"{axis} axis type", kind, "one of " + ", ".join(KINDS))
     if kind == NOTHING:
         return Axis(axis, kind, (None,), "")
+    if isinstance(text, str) and len(text) > MAX_AXIS_CHARS:
+        raise axis_error(axis, kind, text[:40] + "...", f"at most {MAX_AXIS_CHARS} characters (got {len(text):,})")
     if not isinstance(text, str) or not split_values(text):
         raise axis_error(axis, kind, text, VALUE_SYNTAX)
     values = [value for item in split_values(text) for value in parse_value(axis, kind, item)]

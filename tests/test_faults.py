@@ -298,6 +298,7 @@ BAD_TXT2IMG = [
     ("prompt", "a red\x00circle\x07", r"prompt=.* is not allowed: expected printable text"),
     ("negative_prompt", "\x1b[31m", r"negative_prompt=.* is not allowed: expected printable text"),
     ("scheduler", "Euler b", "Euler b is not in the list of choices"),
+    ("seed", 1.5, r"seed=1\.5 is not allowed: expected a whole number"),  # ran as seed 2
 ]
 GOOD_TXT2IMG = [("prompt", ""), ("prompt", "ein rotes Quadrat ✨\nnaïve 四角"), ("prompt", " ".join(["red"] * 100))]
 
@@ -377,3 +378,19 @@ def test_a_bad_model_name_through_the_api_is_refused_and_the_model_stays(client,
         client.predict(model, api_name="/load_model")
     assert bundled_manager.info == before
     healthy(client)
+
+
+def test_a_prompt_with_a_lone_surrogate_sent_raw_is_refused_by_name(app_server):
+    """JSON may carry "\\ud800" (gradio_client cannot even encode it); it reached the tokenizer
+    and came back as a raw UnicodeEncodeError."""
+    import json
+
+    import httpx
+
+    values = json.dumps([*{**TXT2IMG, "num_inference_steps": 2}.values(), 1]).replace('"a small red circle"',
+                                                                                     '"\\ud800x"')
+    url = app_server[0]
+    event_id = httpx.post(f"{url}gradio_api/call/txt2img", content='{"data": ' + values + "}",
+                          headers={"Content-Type": "application/json"}, timeout=60).json()["event_id"]
+    answer = httpx.get(f"{url}gradio_api/call/txt2img/{event_id}", timeout=120).text
+    assert "event: error" in answer and "lone surrogate" in answer, answer[:300]

@@ -284,3 +284,12 @@ def test_model_hash_of_a_large_file_starts_with_automatic1111s_old_hash(sd1_file
     assert len(data) > 0x110000
     expected = hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
     assert models.model_hash(models.resolve(str(sd1_file)))[:8] == expected
+
+
+def test_a_model_name_too_long_for_any_file_system_is_refused_by_name():
+    """A 100,000-character name reached the file system ("File name too long")."""
+    from studio import models
+    from studio.errors import StudioError
+
+    with pytest.raises(StudioError, match=r"model='aaaa.*' is 100,000 characters long; .* at most 1024"):
+        models.resolve("a" * 100_000)

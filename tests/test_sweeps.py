@@ -299,3 +299,12 @@ def test_the_sampler_axis_runs_the_picked_samplers_and_an_api_caller_may_type_th
     assert [label for _, label in tab["run"](session, SessionHistory(), *typed)[1]] == ["Sampler: DDIM"]
     with pytest.raises(gr.Error, match="X axis"):  # nothing picked, nothing typed
         tab["run"](session, SessionHistory(), *event_values(x_kind="scheduler", x_text=""))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("0-" + "9" * 400, "a range of at most 64 values"),          # was "cannot convert float infinity to integer"
+    ("1, " * 50_000, "at most 4000 characters"),                # 146 KiB of values
+])
+def test_absurd_axis_values_are_refused_by_name(text, message):
+    with pytest.raises(StudioError, match=f"X axis.*{message}"):
+        sweeps.parse_axis("X", "seed", text)

@@ -388,9 +388,11 @@ def test_the_forward_process_api_noises_a_picture_more_as_t_grows(viewer_client,
 def test_the_viewer_api_picks_a_run_by_index_and_refuses_others(viewer_client):
     _, _, caption, _ = viewer_client.predict(0, 2, "fast", api_name="/viewer_step")
     assert "Step 2 of 8" in caption
-    for bad in ("7", "abc"):
+    for bad in ("7", "abc", "0.5"):  # "0.5" ran as run 0
         with pytest.raises(Exception, match=f"run='{bad}' is not allowed: expected a run index from 0 to 0"):
             viewer_client.predict(bad, 2, "fast", api_name="/viewer_step")
+    with pytest.raises(Exception, match=r"step=1\.5 is not allowed: expected a whole number"):  # was step 1
+        viewer_client.predict(0, 1.5, "fast", api_name="/viewer_step")
 
 
 def test_another_session_sees_none_of_this_session_s_runs(app_server, viewer_client):

@@ -108,6 +108,33 @@ class PngUpload(PictureUpload):
     decode = False
 
 
+class WholeNumber(gr.Number):
+    """gr.Number(precision=0) rounds what it is given: seed 1.5 ran as seed 2. This one refuses
+    a value with a fraction, naming it (API callers pass any number). Stock front end."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        if isinstance(payload, float) and not payload.is_integer():
+            raise gr.Error(f"{str(self.label).split(' (')[0].lower()}={payload!r} is not allowed: "
+                           "expected a whole number.")
+        return super().preprocess(payload)
+
+
+def whole_index(name: str, value) -> int:
+    """An index an API caller sent (a run, a step, a picture) as an int, or gr.Error naming it:
+    1.5 became 1 and "0.5" became 0, silently; "abc" was a raw ValueError."""
+    if isinstance(value, bool):
+        raise gr.Error(f"{name}={value!r} is not allowed: expected a whole number.")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise gr.Error(f"{name}={value!r} is not allowed: expected a whole number.")
+
+
 def picture_file(image: Image.Image) -> str:
     """`image` as a PNG in Gradio's cache under its content's (seeded, unguessable) hash, written
     whole and only once; return this path instead of the PIL image.
@@ -234,7 +261,7 @@ def parameter_panel(tab: str, native_size: int, default_prompt: str, size_factor
         count = (gr.Slider(1, MAX_BATCH_COUNT, value=1, step=1, label="Batch count", elem_id=f"{tab}-batch-count",
                            info="runs one after another; seeds continue") if batch_count else None)
     with gr.Row():
-        seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)",
+        seed = WholeNumber(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)",
                          elem_id=f"{tab}-seed")
         random_seed = gr.Button("Random", size="sm", elem_id=f"{tab}-random-seed")
         reuse_seed = gr.Button("Reuse last", size="sm", elem_id=f"{tab}-reuse-seed")

@@ -217,3 +217,21 @@ class PngUpload(PictureUpload):
         from gradio.components.base import Component
 
     
+class WholeNumber(gr.Number):
+    """gr.Number(precision=0) rounds what it is given: seed 1.5 ran as seed 2. This one refuses
+    a value with a fraction, naming it (API callers pass any number). Stock front end."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        if isinstance(payload, float) and not payload.is_integer():
+            raise gr.Error(f"{str(self.label).split(' (')[0].lower()}={payload!r} is not allowed: "
+                           "expected a whole number.")
+        return super().preprocess(payload)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    

@@ -21,7 +21,7 @@ def entry(history: SessionHistory, selected) -> Picture:
     pictures = history.pictures()
     if not pictures:
         raise gr.Error("No run yet: generate in Text to image, Image to image or X/Y plot first.")
-    index = 0 if selected is None else int(selected)
+    index = 0 if selected is None else common.whole_index("picture", selected)
     if not 0 <= index < len(pictures):
         raise gr.Error(f"picture={selected!r} is not in this session's history (0 to {len(pictures) - 1}).")
     return pictures[index]

@@ -37,8 +37,8 @@ def pick(history: SessionHistory, choice) -> object:
         raise gr.Error("No run yet: generate in Text to image or Image to image first.")
     allowed = f"expected a run index from 0 to {len(runs) - 1} (0 is the oldest), or none for the newest"
     try:
-        index = len(runs) - 1 if choice in (None, "") else int(choice)
-    except (TypeError, ValueError):
+        index = len(runs) - 1 if choice in (None, "") else common.whole_index("run", choice)
+    except gr.Error:
         raise gr.Error(f"run={choice!r} is not allowed: {allowed}.") from None
     if not 0 <= index < len(runs):
         raise gr.Error(f"run={choice!r} is not allowed: {allowed}.")
@@ -88,7 +88,7 @@ def show_step(manager, history, choice, step, decoder):
     trajectory = pick(history, choice).trajectory
     if not trajectory.steps:
         raise gr.Error("This run recorded no steps.")
-    number = int(step or len(trajectory.steps))
+    number = common.whole_index("step", step) if step else len(trajectory.steps)
     if not 1 <= number <= len(trajectory.steps):
         raise gr.Error(f"step={step!r} is not allowed: expected 1 to {len(trajectory.steps)}.")
     clean = step_picture(manager, trajectory, number - 1, "x0", decoder)  # x0 first: it is what people look at
