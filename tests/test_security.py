@@ -218,6 +218,19 @@ def test_public_mode_loads_no_model_outside_the_allowed_list(public_app, tiny_di
     assert len(txt2img(client)) == 1
 
 
+def test_public_mode_says_nothing_about_paths(public_app, tiny_dirs):
+    """Locally the model box tells a folder that is no model from a missing path; a public server
+    must answer every path alike, or it maps the disk for a visitor."""
+    from studio.ui.settings_panel import check_allowed
+
+    answers = set()
+    for name in ("/etc", "/no/such/path", str(tiny_dirs["lcm"]), str(REPO_ROOT)):
+        with pytest.raises(Exception) as refused:
+            check_allowed(public_app[2], name)
+        answers.add(str(refused.value).replace(repr(name), "NAME"))
+    assert len(answers) == 1 and "not offered on this server" in answers.pop()
+
+
 def test_public_mode_loads_a_model_of_the_allowed_list_and_back(public_app, tiny_dirs):
     client, manager, settings = public_app
     try:
