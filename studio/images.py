@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import numbers
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,14 @@ def describe(source) -> str:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{len(source)} bytes>"
     return repr(str(source))
+
+
+def open_header(path) -> Image.Image:
+    """The picture at `path` opened lazily: its header read, no pixels decoded. PIL's bomb warning
+    is silenced, since whoever calls this checks the size itself (check_size) or never decodes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 def check_size(image: Image.Image, name: str) -> None:

@@ -111,7 +111,9 @@ def parameters_in_file(path) -> str | None:
     PIL reads the text chunks before the pixel data on open; a PNG's text after its pixels
     (allowed, and what some tools write) PIL finds only by decoding the whole picture
     (`image.text`), so those chunks are read here one by one, skipping the pixel chunks."""
-    with Image.open(path) as image:  # the header and what precedes the pixels
+    from studio.images import open_header
+
+    with open_header(path) as image:  # the header and what precedes the pixels
         if KEY in image.info or image.format != "PNG":
             return image.info.get(KEY)
     with open(path, "rb") as file:

@@ -37,6 +37,7 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
 NAMES = [DEFAULT, *SCHEDULERS]
 HINTS = {
     "LCM": "only for LCM-distilled models (2-8 steps, guidance 1-2)",
+    "DPM2 a": "20+ steps, or low guidance: its midpoint step magnifies CFG at few steps",
 }
 # Samplers whose first step is not a first-order step: Heun and the DPM2s evaluate the model twice
 # per step and combine the two, and PLMS averages its first two noise predictions and then

@@ -14,7 +14,6 @@ import io
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -87,10 +86,7 @@ class PictureUpload(gr.Image):
         data: URL, was decoded to 4 GB before any check; now nothing is decoded to refuse it."""
         name = f"{self.argument}={upload_name(payload)!r}"
         try:
-            with warnings.catch_warnings():  # PIL's bomb warning: the size is checked right here
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                picture = Image.open(payload.path)  # reads the header; no pixels yet
-            with picture:
+            with images.open_header(payload.path) as picture:  # no pixels yet
                 if self.decode:
                     images.check_size(picture, name)
         except StudioError as exc:
@@ -255,7 +251,8 @@ def parameter_panel(tab: str, native_size: int, default_prompt: str, size_factor
     with gr.Row():
         scheduler = gr.Dropdown(schedulers.NAMES, value=schedulers.DEFAULT, label="Sampler",
                                 elem_id=f"{tab}-scheduler",
-                                info=f"Default: the model's own · LCM: {schedulers.HINTS['LCM']}")
+                                info=f"Default: the model's own · "
+                                     + " · ".join(f"{name}: {hint}" for name, hint in schedulers.HINTS.items()))
         batch = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size", elem_id=f"{tab}-batch",
                           info="pictures made together in one run")
         count = (gr.Slider(1, MAX_BATCH_COUNT, value=1, step=1, label="Batch count", elem_id=f"{tab}-batch-count",
