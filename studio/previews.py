@@ -5,9 +5,9 @@
   block of RGB pixels it covers (a 3x3 convolution and a pixel shuffle), so edges inside a block
   come out sharp instead of as flat squares. It is a least-squares fit, kept as its normal
   equations per model hash:
-  - first, synthetic pictures encoded by the model's own VAE. That takes a second for a small
-    VAE and 12-60 s for Stable Diffusion's on a CPU, so it runs in the background: runs show no
-    fast preview until it is ready (`fast_ready`), and say so;
+  - first, synthetic pictures encoded by the model's own VAE. That takes under a second for a
+    small VAE and 12-60 s for Stable Diffusion's on a CPU, so it runs in the background, awaited
+    only FIRST_FIT_WAIT: a run shows no fast preview until it is ready (`fast_ready`), and says so;
   - then every finished run adds its own final latents and the full VAE's pictures of them
     (`learn`), so the map learns the colours the model really draws;
   - the equations are saved under the cache folder, so the next session starts from them.
@@ -35,6 +35,10 @@ REACH = 1  # latent pixels each side that feed one block of the fast map (a 3x3 
 # bundled model, 16 held-out prompts, fast preview vs final picture classified alike: 13/16 on
 # the synthetic fit; after 8 learned runs 14 at weight 1, 16 at 8, 16 at 64 (but 13 after 2).
 LEARNED_WEIGHT = 8.0
+# How long the first call waits for a new model's fit before it goes on in the background: the
+# bundled model's takes 0.3-0.4 s (a first run would otherwise finish before its first preview),
+# Stable Diffusion's VAE 12-60 s on a CPU.
+FIRST_FIT_WAIT = 3.0
 # Fallback latent -> RGB factors in [-1, 1] (4 latent channels x RGB) for the SD 1.x/2.x VAE.
 SD_FACTORS = [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
 
@@ -131,13 +135,16 @@ class PreviewDecoder:
         if model.unconditional or model.hash in self._fast or model.hash in self._failed \
                 or self._load_saved(model):
             return True
+        started = None
         with self._fast_lock:
             if model.hash not in self._fitting:
-                thread = threading.Thread(target=self._fit, args=(model,), daemon=True,
-                                          name=f"fast-preview-fit-{model.hash}")
-                self._fitting[model.hash] = thread
-                thread.start()
-        return model.hash in self._fast
+                started = threading.Thread(target=self._fit, args=(model,), daemon=True,
+                                           name=f"fast-preview-fit-{model.hash}")
+                self._fitting[model.hash] = started
+                started.start()
+        if started is not None:  # a small VAE's fit is done in this time: no run goes without
+            started.join(FIRST_FIT_WAIT)
+        return model.hash in self._fast or model.hash in self._failed
 
     def fast_map(self, model) -> FastMap:
         """The model's fast map, fitted now (or awaited, if a background fit runs) if need be."""

@@ -189,6 +189,18 @@ def test_the_fast_map_is_kept_on_disk_and_the_next_session_starts_from_it(bundle
     assert torch.allclose(later.fast_map(model).kernel, first.fast_map(model).kernel)
 
 
+def test_a_first_run_of_the_bundled_model_shows_its_fast_preview_from_the_first_step(bundled_manager, tmp_path,
+                                                                                       monkeypatch):
+    """A small VAE's fit is awaited (FIRST_FIT_WAIT); with a pure background fit the first run
+    on a fresh clone could end before its first preview (the browser test saw none)."""
+    from studio.previews import PreviewDecoder
+
+    monkeypatch.setattr(bundled_manager, "previews", PreviewDecoder(cache_dir=tmp_path))
+    events = list(bundled_manager.stream(GenerationRequest(prompt="a red circle", num_inference_steps=3,
+                                                           preview="fast")))
+    assert events[0][3] is not None and events[0][4] is None
+
+
 def test_no_save_keeps_the_fitted_maps_in_memory_only(tmp_path):
     from studio.config import Settings
     from studio.manager import PipelineManager
