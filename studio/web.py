@@ -51,7 +51,7 @@ class Guard:
             return await self.app(scope, receive, send)
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            return await refuse(scope, send, 413, f"The request body is over {self.max_body:,} bytes.")
+            return await refuse(scope, send, 413, BodyTooLarge(self.max_body).detail)
         received, started = 0, False
 
         async def counted_receive():
@@ -70,9 +70,9 @@ class Guard:
 
         try:
             await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:
+        except BodyTooLarge as exc:
             if not started:
-                await refuse(scope, send, 413, f"The request body is over {self.max_body:,} bytes.")
+                await refuse(scope, send, 413, exc.detail)
 
 
 async def refuse(scope, send, status: int, text: str) -> None:

@@ -14,6 +14,7 @@ import io
 import os
 import tempfile
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -157,7 +158,22 @@ def served(path: str | None) -> str | None:
     source = Path(path)
     if is_cached(source):
         return str(source)
-    return cached_file(source.read_bytes(), source.name)
+    # History re-serves every picture it lists at each change: read and hash a file only once
+    stat = source.stat()
+    key = (str(source.resolve()), stat.st_size, stat.st_mtime_ns)
+    known = SERVED.get(key)
+    if known is not None and Path(known).exists():
+        os.utime(known)  # in use: the cache pruning ages files by their time
+        SERVED.move_to_end(key)
+        return known
+    SERVED[key] = copy = cached_file(source.read_bytes(), source.name)
+    while len(SERVED) > SERVED_MEMO:
+        SERVED.popitem(last=False)
+    return copy
+
+
+SERVED: OrderedDict = OrderedDict()  # (path, size, mtime) -> its cached copy, newest last
+SERVED_MEMO = 4096
 
 
 def is_cached(path: Path) -> bool:
