@@ -5,7 +5,9 @@ before the app reads anything:
 - a body over `max_body` bytes: 413, whether the client declared its length or streams it
   chunked (a 100 MB JSON body was accepted and parsed before);
 - a Host header naming another server (`hosts`), 400: a DNS-rebinding page at evil.example
-  whose name resolves to 127.0.0.1 would otherwise drive a local studio from the browser.
+  whose name resolves to 127.0.0.1 would otherwise drive a local studio from the browser;
+- a JSON body that is not strict JSON (NaN, Infinity), or one that `check_json` refuses, 422:
+  Gradio answered a top-level NaN, and an event index it does not have, with a bare HTTP 500.
 It is plain ASGI (and Starlette's HTTPException); it knows nothing of Gradio.
 """
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import http.cookies
+import json
 import re
+from typing import Callable
 
 from starlette.exceptions import HTTPException
 
@@ -36,9 +40,25 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"The request body is over {limit:,} bytes.")
 
 
+def strict_json(body: bytes):
+    """The parsed body; ValueError, naming what is wrong, unless it is strict JSON (RFC 8259)."""
+    def refuse_constant(name: str):
+        raise ValueError(f"The request body holds {name}, which JSON does not allow; send a number.")
+    try:
+        return json.loads(body, parse_constant=refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise ValueError("The request body is not UTF-8 text.") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"The request body is not JSON: {exc.msg} at character {exc.pos}.") from exc
+
+
+JsonCheck = Callable[[dict, object], "str | None"]  # (scope, parsed body) -> what is wrong, or None
+
+
 class Guard:
-    def __init__(self, app, max_body: int, hosts: tuple[str, ...] | None = None):
-        self.app, self.max_body = app, max_body
+    def __init__(self, app, max_body: int, hosts: tuple[str, ...] | None = None,
+                 check_json: JsonCheck | None = None):
+        self.app, self.max_body, self.check_json = app, max_body, check_json
         self.hosts = None if hosts is None else {h.lower() for h in hosts}
 
     async def __call__(self, scope, receive, send):
@@ -69,10 +89,50 @@ class Guard:
             await send(message)
 
         try:
+            if headers.get(b"content-type", b"").split(b";")[0].strip() == b"application/json":
+                body = await read_body(counted_receive)
+                problem = self.json_problem(scope, body)
+                if problem:
+                    return await refuse(scope, send, 422, problem)
+                counted_receive = replay(body, receive)
             await self.app(scope, counted_receive, tracked_send)
         except BodyTooLarge as exc:
             if not started:
                 await refuse(scope, send, 413, exc.detail)
+
+    def json_problem(self, scope, body: bytes) -> str | None:
+        if not body:
+            return None
+        try:
+            parsed = strict_json(body)
+        except ValueError as exc:
+            return str(exc)
+        return self.check_json(scope, parsed) if self.check_json else None
+
+
+async def read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # the client went away: the app sees an empty body
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def replay(body: bytes, receive):
+    """A `receive` that hands the app the body read already, then what the client sends next."""
+    sent = False
+
+    async def again():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return again
 
 
 async def refuse(scope, send, status: int, text: str) -> None:

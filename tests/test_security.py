@@ -520,6 +520,23 @@ def test_a_streamed_body_over_the_limit_is_refused(app_server):
     assert response.status_code == 413
 
 
+# Gradio answered these with a bare HTTP 500 ("Internal Server Error"): its JSON response for the
+# NaN could not be written, and it looked the event index up unchecked.
+@pytest.mark.parametrize(("route", "body", "named"), [
+    ("queue/join", "NaN", "NaN"),
+    ("call/txt2img", '{"data": [Infinity]}', "Infinity"),
+    ("queue/join", '{"data": [], "fn_index": -1, "session_hash": "s"}', "fn_index=-1"),
+    ("run/predict", '{"data": [], "fn_index": 999, "session_hash": "s"}', "fn_index=999"),
+    ("queue/join", '{"data": [], "fn_index": true, "session_hash": "s"}', "fn_index=true"),
+    ("queue/join", '{"data": [', "not JSON"),
+])
+def test_a_malformed_json_request_gets_a_named_refusal_not_a_500(app_server, route, body, named):
+    response = httpx.post(app_server[0] + "gradio_api/" + route, content=body,
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    assert response.status_code == 422 and named in response.text, response.text
+    assert len(txt2img(Client(app_server[0], verbose=False))) == 1  # and the server goes on
+
+
 @pytest.mark.parametrize(("host", "status"), [("evil.example", 400), ("evil.example:7860", 400),
                                                ("127.0.0.1", 200), ("localhost:7860", 200), ("[::1]:7860", 200)])
 def test_a_local_server_answers_only_to_its_own_host_names(app_server, host, status):
