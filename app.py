@@ -8,7 +8,6 @@ link, which needs the internet: without it the studio says why and keeps serving
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import sys
@@ -35,25 +34,11 @@ def allowed_hosts(settings: Settings) -> tuple[str, ...] | None:
     return own if settings.allowed_hosts or not settings.public else None
 
 
-def known_event(scope, body) -> str | None:
-    """studio.web.Guard's JSON check: an `fn_index` the app has no event for is refused by name
-    (Gradio looked it up unchecked and answered -1 and 999 with a bare HTTP 500)."""
-    index = body.get("fn_index") if isinstance(body, dict) else None
-    if isinstance(index, bool):  # Gradio's schema would take true as event 1
-        return f"fn_index={json.dumps(index)} is not a whole number."
-    if not isinstance(index, int):
-        return None  # absent, or a string or such, which Gradio's own schema refuses by name
-    events = scope["app"].get_blocks().fns
-    if index not in events:
-        return f"fn_index={index} is not an event of this app (its events are {min(events)} to {max(events)})."
-    return None
-
-
 def launch_options(settings: Settings) -> dict:
     """What `demo.launch` gets: where to serve, who may sign in, and the server's limits."""
     from starlette.middleware import Middleware
 
-    from studio.ui import CSS, TITLE
+    from studio.ui import CSS, TITLE, admission
     from studio.web import Guard, SignInGate, slow_failures
 
     # No allowed_paths: the --outputs folder is never served as it is (its names can be guessed);
@@ -62,7 +47,7 @@ def launch_options(settings: Settings) -> dict:
                "auth": slow_failures(*settings.auth_pair()) if settings.auth else None,
                "max_file_size": MAX_UPLOAD, "show_error": True,
                "app_kwargs": {"middleware": [Middleware(Guard, max_body=MAX_BODY, hosts=allowed_hosts(settings),
-                                                        check_json=known_event)]
+                                                        check_json=admission.checks(settings))]
                               + ([Middleware(SignInGate)] if settings.auth else [])},
                # each session's history (trajectories included) stays in memory: keep it bounded
                "state_session_capacity": settings.max_sessions}

@@ -6,8 +6,9 @@ before the app reads anything:
   chunked (a 100 MB JSON body was accepted and parsed before);
 - a Host header naming another server (`hosts`), 400: a DNS-rebinding page at evil.example
   whose name resolves to 127.0.0.1 would otherwise drive a local studio from the browser;
-- a JSON body that is not strict JSON (NaN, Infinity), or one that `check_json` refuses, 422:
-  Gradio answered a top-level NaN, and an event index it does not have, with a bare HTTP 500.
+- a JSON body that is not strict JSON (NaN, Infinity), 422, or one that `check_json` refuses,
+  with the status it gives: Gradio answered a top-level NaN, and an event index it does not
+  have, with a bare HTTP 500. These answer FastAPI's `{"detail": ...}`, which clients show.
 It is plain ASGI (and Starlette's HTTPException); it knows nothing of Gradio.
 """
 from __future__ import annotations
@@ -52,7 +53,8 @@ def strict_json(body: bytes):
         raise ValueError(f"The request body is not JSON: {exc.msg} at character {exc.pos}.") from exc
 
 
-JsonCheck = Callable[[dict, object], "str | None"]  # (scope, parsed body) -> what is wrong, or None
+# (scope, parsed body) -> None, or the status and text to refuse it with
+JsonCheck = Callable[[dict, object], "tuple[int, str] | None"]
 
 
 class Guard:
@@ -93,20 +95,20 @@ class Guard:
                 body = await read_body(counted_receive)
                 problem = self.json_problem(scope, body)
                 if problem:
-                    return await refuse(scope, send, 422, problem)
+                    return await refuse(scope, send, *problem, as_json=True)
                 counted_receive = replay(body, receive)
             await self.app(scope, counted_receive, tracked_send)
         except BodyTooLarge as exc:
             if not started:
                 await refuse(scope, send, 413, exc.detail)
 
-    def json_problem(self, scope, body: bytes) -> str | None:
+    def json_problem(self, scope, body: bytes) -> tuple[int, str] | None:
         if not body:
             return None
         try:
             parsed = strict_json(body)
         except ValueError as exc:
-            return str(exc)
+            return 422, str(exc)
         return self.check_json(scope, parsed) if self.check_json else None
 
 
@@ -135,13 +137,14 @@ def replay(body: bytes, receive):
     return again
 
 
-async def refuse(scope, send, status: int, text: str) -> None:
+async def refuse(scope, send, status: int, text: str, as_json: bool = False) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = text.encode()
+    body = json.dumps({"detail": text}).encode() if as_json else text.encode()
+    kind = b"application/json" if as_json else b"text/plain; charset=utf-8"
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                "headers": [(b"content-type", kind),
                             (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 

@@ -200,6 +200,54 @@ def public_app(tiny_dirs, tmp_path_factory):
         yield Client(url, verbose=False), manager, settings
 
 
+@pytest.fixture
+def held_model(public_app, monkeypatch):
+    """The public app's runs wait at their first step until `release` is set; `running` is set
+    when the first run got there, so the model is busy and later requests queue."""
+    manager, running, release = public_app[1], threading.Event(), threading.Event()
+    original = manager.stream
+
+    def held(request, cancel=None):
+        for event in original(request, cancel):
+            running.set()
+            assert release.wait(120), "the test never released the model"
+            yield event
+
+    monkeypatch.setattr(manager, "stream", held)
+    yield running, release
+    release.set()
+
+
+def test_public_mode_keeps_each_session_to_two_runs_in_the_queue(public_app, held_model):
+    """One visitor's queued requests kept everyone else behind them, or out with "queue full"."""
+    from studio.ui.admission import MAX_RUNS_PER_SESSION
+
+    url, (running, release) = public_app[0].src, held_model
+    visitor = Client(url, verbose=False)
+    jobs = [visitor.submit(*TXT2IMG.values(), api_name="/txt2img") for _ in range(MAX_RUNS_PER_SESSION)]
+    assert running.wait(60)
+    with pytest.raises(Exception, match="429 Too Many Requests"):  # the page shows the detail
+        visitor.submit(*TXT2IMG.values(), api_name="/txt2img").result(timeout=60)
+    other = Client(url, verbose=False).submit(*TXT2IMG.values(), api_name="/txt2img")  # has room
+    release.set()
+    assert [len(job.result(timeout=120)[1]) for job in [*jobs, other]] == [1, 1, 1]
+    assert len(txt2img(visitor)) == 1  # its runs ended, so the visitor may queue again
+
+
+def test_public_mode_keeps_one_address_to_half_the_queue(public_app, held_model):
+    """gradio_client's /call/ route makes a new session for every call, so the address counts too."""
+    url, settings, (running, release) = public_app[0].src, public_app[2], held_model
+    answers = [httpx.post(f"{url}gradio_api/call/txt2img", json={"data": [*TXT2IMG.values(), 1]}, timeout=30)
+               for _ in range(settings.max_queue // 2 + 1)]
+    assert running.wait(60)
+    assert [a.status_code for a in answers] == [200] * (settings.max_queue // 2) + [429]
+    assert f"{settings.max_queue // 2} runs from your address" in answers[-1].json()["detail"]
+    release.set()
+    for answer in answers[:-1]:  # each queued run completes
+        with httpx.stream("GET", f"{url}gradio_api/call/txt2img/{answer.json()['event_id']}", timeout=120) as s:
+            assert "event: complete" in s.read().decode()
+
+
 def refused_models(tiny_dirs) -> dict[str, str]:
     return {"absolute path": "/etc/passwd", "path-like name": "../../etc/passwd",
             "a loadable local folder not on the list": str(tiny_dirs["lcm"]),
@@ -535,6 +583,15 @@ def test_a_malformed_json_request_gets_a_named_refusal_not_a_500(app_server, rou
                           headers={"Content-Type": "application/json"}, timeout=30)
     assert response.status_code == 422 and named in response.text, response.text
     assert len(txt2img(Client(app_server[0], verbose=False))) == 1  # and the server goes on
+
+
+def test_no_rest_route_runs_an_event_beside_the_queue(app_server, recorded_runs):
+    """Gradio opens /run/<api_name> off Spaces: a run there skipped the queue and its limit of one
+    generation at a time."""
+    response = httpx.post(app_server[0] + "gradio_api/run/txt2img", json={"data": [*TXT2IMG.values(), 1]},
+                          timeout=30)
+    assert response.status_code == 404 and "join the queue" in response.json()["detail"]
+    assert not recorded_runs
 
 
 @pytest.mark.parametrize(("host", "status"), [("evil.example", 400), ("evil.example:7860", 400),

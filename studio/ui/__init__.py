@@ -50,7 +50,9 @@ def build_demo(manager, settings: Settings) -> gr.Blocks:
         switched.success(lambda: settings_panel.fit_sizes(manager, panels),
                          outputs=[s for p in panels for s in (p.width, p.height)], api_visibility="private")
         demo.unload(page_closed)
-    demo.queue(max_size=settings.max_queue, default_concurrency_limit=1)
+    # api_open=False: Gradio's REST routes (/run/<name>) would otherwise run an event directly,
+    # beside the queue and past its one-generation-at-a-time limit (Gradio opens them off Spaces).
+    demo.queue(max_size=settings.max_queue, default_concurrency_limit=1, api_open=False)
     return demo
 
 
