@@ -57,11 +57,15 @@ class Call:
     steps: int = 8
     strength: float = 0.75
 
-    def values(self, start_image: str | None) -> list:
+    def arguments(self, start_image: str | None) -> dict:
+        """The API call's inputs, by field name: the same request `request` builds."""
         from gradio_client import handle_file
 
-        values = [self.prompt, "", self.steps, 7.5, 64, 64, self.scheduler, 1, self.seed, "none"]
-        return values + ([handle_file(start_image), self.strength] if self.kind == "img2img" else [])
+        from studio import fields
+
+        request = self.request(start_image)
+        named = {name: getattr(request, name) for name in fields.PANEL}
+        return named | ({"image": handle_file(start_image), "strength": self.strength} if self.kind == "img2img" else {})
 
     def request(self, start_image: str | None):
         from studio.requests import GenerationRequest
@@ -201,7 +205,7 @@ def run_session(url: str, calls: list[Call], start: str, expected: dict) -> list
                 record["own_history"] = last is not None and np.array_equal(pixels(outputs[2]), expected[last][1])
                 record["ok"] = record["own_history"]
             else:
-                outputs = client.predict(*call.values(start), api_name="/" + call.kind)
+                outputs = client.predict(**call.arguments(start), api_name="/" + call.kind)
                 record["same_as_alone"] = np.array_equal(pixels(pictures(outputs[1])[0]["image"]),
                                                          expected[call.client, call.index][0])
                 record["ok"] = record["same_as_alone"]
@@ -247,7 +251,7 @@ def queue_phase(url: str, max_queue: int, steps: int) -> dict:
 
     long_call = Call(0, 0, "txt2img", "a red circle", seed=1, steps=150)
     holder = Client(url, verbose=False)
-    long_job = holder.submit(*long_call.values(None), api_name="/txt2img")
+    long_job = holder.submit(**long_call.arguments(None), api_name="/txt2img")
     while long_job.status().code.name not in ("PROCESSING", "ITERATING", "PROGRESS", "FINISHED"):
         time.sleep(0.05)
     extra = max_queue + 3
@@ -258,7 +262,7 @@ def queue_phase(url: str, max_queue: int, steps: int) -> dict:
         client = Client(url, verbose=False)
         began = time.perf_counter()
         try:
-            client.predict(*call.values(None), api_name="/txt2img")
+            client.predict(**call.arguments(None), api_name="/txt2img")
             outcomes[i] = ("ok", time.perf_counter() - began, long_job.done())
         except Exception as exc:  # noqa: BLE001 - "queue full" is expected here
             outcomes[i] = (f"{type(exc).__name__}: {exc}"[:200], time.perf_counter() - began, long_job.done())
@@ -303,7 +307,7 @@ def soak_phase(server: Server, generations: int, steps: int, cache_max_age: int,
                     seed=i, steps=steps)
         t0 = time.perf_counter()
         try:
-            client.predict(*call.values(start), api_name="/" + call.kind)
+            client.predict(**call.arguments(start), api_name="/" + call.kind)
         except Exception:  # noqa: BLE001 - counted
             failures += 1
         seconds.append(time.perf_counter() - t0)

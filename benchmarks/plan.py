@@ -56,9 +56,10 @@ def request_arguments(size: int, steps: int = STEPS) -> dict:
             "guidance_scale": GUIDANCE, "width": size, "height": size}
 
 
-def gradio_arguments(size: int, steps: int = STEPS, preview: str = "none") -> tuple:
-    """Positional inputs of the /txt2img API, in the order the generation tab declares them."""
-    return (PROMPT, NEGATIVE_PROMPT, steps, GUIDANCE, size, size, "Default", 1, SEED, preview)
+def gradio_arguments(size: int, steps: int = STEPS, preview: str = "none") -> dict:
+    """The /txt2img API's inputs, by field name."""
+    return dict(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=steps, guidance_scale=GUIDANCE,
+                width=size, height=size, seed=SEED, preview=preview)
 
 
 def scaled_side(native: int, factor: float) -> int:

@@ -54,7 +54,7 @@ def running_app(manager, outputs: str):
 
 def txt2img_via_client(client, size: int, steps: int = p.STEPS) -> Image.Image:
     """One /txt2img call, preview off, down to the decoded picture."""
-    _, gallery, _ = client.predict(*p.gradio_arguments(size, steps), api_name="/txt2img")
+    _, gallery, _ = client.predict(**p.gradio_arguments(size, steps), api_name="/txt2img")
     image = Image.open(gallery[0]["image"])
     image.load()
     return image

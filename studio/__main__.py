@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from studio import config, metadata, schedulers
+from studio import config, fields, metadata
 from studio.errors import StudioError
 from studio.requests import GenerationRequest, batches
 
@@ -30,34 +30,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m studio", description="Diffusion Studio from the command line.")
     commands = parser.add_subparsers(dest="command", required=True)
     g = commands.add_parser("generate", help="make images from a prompt (and optionally an image)")
-    g.add_argument("--prompt", required=True)
     g.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    g.add_argument("--negative-prompt", default="")
-    g.add_argument("--steps", type=int, default=20, dest="num_inference_steps")
-    g.add_argument("--guidance-scale", type=float, default=7.5)
-    g.add_argument("--width", type=int, default=None, help="default: the model's native size")
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--seed", type=int, default=-1, help="-1 for random")
-    g.add_argument("--scheduler", default=schedulers.DEFAULT, help="; ".join(schedulers.NAMES))
-    g.add_argument("--batch", type=int, default=1, dest="num_images_per_prompt", help="pictures per run")
+    add_field_arguments(g)
     g.add_argument("--batch-count", type=int, default=1, help="runs one after another; seeds continue")
-    g.add_argument("--clip-skip", type=int, default=None)
     g.add_argument("--init-image", type=Path, default=None, help="img2img: the starting picture")
-    g.add_argument("--strength", type=float, default=0.75, help="img2img: how much to change it")
-    g.add_argument("--preview", choices=config.PREVIEWS, default="none", help="decoder for step previews")
     g.add_argument("--trajectory", type=Path, default=None, help="folder for every step's x_t and x0, a GIF and a contact sheet (decoded with --preview's decoder, full VAE if none)")
     config.add_model_arguments(g, config.defaults())
+    i = commands.add_parser("inspect", help="open a saved run (the folder --trajectory wrote) and show its steps")
+    i.add_argument("run", type=Path, help="the folder holding run.json and run.safetensors")
+    i.add_argument("--step", type=int, default=None, help="1-based step: its x_t | x0 (default: every step)")
+    i.add_argument("--out", type=Path, default=None, help="PNG to write: the step, or the contact sheet")
+    i.add_argument("--decoder", choices=[p for p in config.PREVIEWS if p != "none"], default="full")
+    config.add_model_arguments(i, {**config.defaults(), "model": None})
     return parser
 
 
+def add_field_arguments(parser: argparse.ArgumentParser) -> None:
+    """A flag for each request field that has one (studio.fields), under the field's name."""
+    for field in fields.FIELDS:
+        if field.flag is None:
+            continue
+        options = {"choices": field.choices} if field.choices and field.name != "scheduler" else {}
+        hint = "; ".join(field.choices) if field.name == "scheduler" else field.hint
+        parser.add_argument(field.flag, dest=field.name, type=field.kind, default=field.default,
+                            required=field.name == "prompt", help=hint or None,
+                            metavar=field.flag[2:].upper().replace("-", "_"), **options)
+
+
 def request_from(args: argparse.Namespace) -> GenerationRequest:
-    return GenerationRequest(
-        prompt=args.prompt, negative_prompt=args.negative_prompt,
-        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-        width=args.width, height=args.height, seed=args.seed,
-        num_images_per_prompt=args.num_images_per_prompt, scheduler=args.scheduler,
-        clip_skip=args.clip_skip, image=args.init_image, strength=args.strength,
-        preview=args.preview)
+    named = {f.name: getattr(args, f.name) for f in fields.FIELDS if f.flag is not None}
+    return GenerationRequest(**named, image=args.init_image)
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -95,20 +97,48 @@ def generate(args: argparse.Namespace) -> None:
             metadata.save_png(image, path, result, seed)
             print(f"{path}  seed={seed}")
         if args.trajectory is not None:
-            from studio import export
+            from studio import export, runs
 
             decoder = "full" if args.preview == "none" else args.preview
             folder = args.trajectory if len(plan) == 1 else args.trajectory / f"batch-{k}"
-            written = export.write_trajectory(manager, result, folder, decoder)
-            print(f"trajectory: {len(written)} files in {folder}")
+            written = export.write_trajectory(manager, result, folder, decoder) + runs.save(result, folder)
+            print(f"trajectory: {len(written)} files in {folder} (the run: {folder / runs.DESCRIPTION})")
         print(f"{result.timings['steps']} steps in {result.timings['total']:.2f} s")
+
+
+def inspect(args: argparse.Namespace) -> None:
+    """Print a saved run's summary; with --out, write its contact sheet, or step --step's x_t | x0,
+    decoded as the viewer decodes them (by the run's own model unless --model names another)."""
+    from studio import export, runs
+    from studio.manager import PipelineManager
+
+    result = runs.load(args.run)
+    r, steps = result.request, result.trajectory.steps
+    print(f"{args.run}: {'img2img' if r.is_img2img else 'txt2img'} {r.prompt!r}, seeds {result.seeds}, "
+          f"{len(steps)} steps ({result.scheduler_name}), {r.width}x{r.height}, model {result.model} "
+          f"[{result.model_hash}]")
+    if args.step is not None and not 1 <= args.step <= len(steps):
+        raise StudioError(f"step={args.step} is not allowed: expected 1 to {len(steps)}.")
+    if args.out is None:
+        return
+    manager = PipelineManager(config.Settings(model=args.model or result.model, device=args.device,
+                                              dtype=args.dtype, tiny_vae=args.tiny_vae, cache_dir=args.cache_dir))
+    manager.load()
+    manager.check_same_model(result)
+    pairs = export.step_pictures(manager, result.trajectory, args.decoder)
+    if args.step is None:
+        export.contact_sheet(pairs, steps).save(args.out)
+    else:
+        noisy, clean = pairs[args.step - 1]
+        export.side_by_side(noisy, clean, export.caption(steps[args.step - 1])).save(args.out)
+    print(f"wrote {args.out}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        generate(args)
+        inspect(args) if args.command == "inspect" else generate(args)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -39,13 +39,11 @@ def caption(step) -> str:
 
 def step_pictures(manager, trajectory, kind: str = "fast", image_index: int = 0) -> list[tuple]:
     """[(x_t picture, x0 picture), ...] for every step, for one image of the batch."""
-    model = manager.loaded
     pairs = []
     for step in trajectory.steps:
         latents = step.latents[image_index:image_index + 1]
         x0 = step.x0[image_index:image_index + 1]
-        pairs.append((manager.previews.decode(model, latents, kind)[0],
-                      manager.previews.decode(model, x0, kind)[0]))
+        pairs.append((manager.decode(latents, kind)[0], manager.decode(x0, kind)[0]))
     return pairs
 
 

@@ -21,8 +21,9 @@ import time
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from PIL import Image
 
-from studio import devices, images, models, prompts, schedulers
+from studio import devices, images, models, noise, prompts, schedulers
 from studio.config import Settings
 from studio.errors import GenerationCancelled, StudioError
 from studio.previews import PreviewDecoder
@@ -225,6 +226,8 @@ class PipelineManager:
             kwargs |= {"image": images.prepare(request.image, width, height), "strength": request.strength}
         else:
             kwargs |= {"width": width, "height": height}
+        latents, request = noise.variation(pipe, request, generators, width, height)
+        kwargs |= latents
 
         # 4. The recorder behind callback_on_step_end: trajectory, previews, cancel
         total = request.steps_to_run()
@@ -304,6 +307,21 @@ class PipelineManager:
             self._last_encoded = (key, self.previews.encode(model, picture))
         return self._last_encoded[1]
 
+    def decode(self, latents: torch.Tensor, kind: str) -> list[Image.Image]:
+        """Pictures of (batch, c, h, w) latents as the UNet sees them (a trajectory's x_t or x0),
+        by the `kind` of decoder (fast, tiny or full), under the lock: never mid-switch."""
+        with self._lock:
+            return self.previews.decode(self._require_model(), latents, kind)
+
+    def check_same_model(self, result: GenerationResult) -> None:
+        """StudioError unless `result` (a saved run opened again) was made by the loaded model:
+        its latents decode only with that model's own VAE."""
+        model = self._require_model()
+        if result.model_hash != model.hash:
+            raise StudioError(f"This run was made with model {result.model!r} (hash {result.model_hash}), and the "
+                              f"loaded model is {model.source.name!r} (hash {model.hash}). Load the run's model "
+                              "first: its latents decode only with that model's own VAE.")
+
     def preview_note(self, request: GenerationRequest) -> str | None:
         """What a run shows instead of a fast preview while the model's map is first fitted."""
         model = self._model
@@ -328,8 +346,7 @@ class PipelineManager:
         return report
 
     def stream(self, request: GenerationRequest, cancel: threading.Event | None = None):
-        """Run in a worker thread; yield ("step", n, total, previews, note) events, then
-        ("done", result). `note` says why a due preview is missing (None when nothing is).
+        """Run in a worker thread; yield a Step for each step, then Done.
 
         Closing the generator early (a UI's Stop, a dropped client) cancels the run.
         """
@@ -343,7 +360,7 @@ class PipelineManager:
             # cancel) closes this generator, which sets `cancel` while that step is the last one
             # started. A consumer that has not taken a step for STEP_HANDOVER_WAIT is gone (a
             # client that went away while its event was between two yields): the run stops.
-            events.put(("step", *event, self.preview_note(request) if event[2] is None else None))
+            events.put(Step(*event, self.preview_note(request) if event[2] is None else None))
             deadline = time.monotonic() + STEP_HANDOVER_WAIT
             while not taken.acquire(timeout=0.05):
                 if cancel.is_set():
@@ -358,25 +375,41 @@ class PipelineManager:
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
             try:
-                events.put(("done", self.generate(request, on_step=report, cancel=cancel)))
+                events.put(Done(self.generate(request, on_step=report, cancel=cancel)))
             except BaseException as exc:  # handed to the consumer, raised there
-                events.put(("error", exc))
+                events.put(exc)
 
         job = self._worker.submit(work)
         try:
             while True:
                 event = events.get()
-                if event[0] == "error":
-                    raise event[1]
-                if event[0] == "step":
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, Step):
                     taken.release()
                 yield event
-                if event[0] == "done":
+                if isinstance(event, Done):
                     return
         finally:
             if not job.cancel() and not job.done():  # not started: dropped; running: stopped
                 cancel.set()
                 concurrent.futures.wait([job])
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """A step of a streamed run: its number (from 1) of `total`, its preview pictures (None if
+    none was due), and `note`, why a due preview is missing (None when nothing is)."""
+    number: int
+    total: int
+    previews: list | None
+    note: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Done:
+    """The end of a streamed run."""
+    result: GenerationResult
 
 
 FORWARD_SIDE = 256  # px: the forward process's pictures are previews, at most this size

@@ -19,7 +19,8 @@ from PIL import Image, PngImagePlugin
 
 from studio import __version__, schedulers
 from studio.errors import StudioError
-from studio.requests import MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, number, whole_number
+from studio.fields import FIELD, FIELDS
+from studio.requests import check_field
 
 KEY = "parameters"
 NEGATIVE = "Negative prompt:"
@@ -60,16 +61,29 @@ def format_parameters(result, seed: int) -> str:
     if len(result.seeds) > 1:  # as A1111 writes them: the batch, and this image's place in it
         fields["Batch size"] = len(result.seeds)
         fields["Batch pos"] = result.seeds.index(seed)
-    if r.is_img2img:
-        fields["Denoising strength"] = r.strength
-    if r.clip_skip:
-        fields["Clip skip"] = r.clip_skip
+    fields |= extra_fields(r)
     fields["Version"] = f"diffusion-studio {__version__}"
     lines = [r.prompt]
     if r.negative_prompt:
         lines.append(f"{NEGATIVE} {r.negative_prompt}")
     lines.append(", ".join(f"{k}: {quote(v)}" for k, v in fields.items()))
     return "\n".join(lines)
+
+
+HEAD = {"Steps", "Sampler", "CFG scale", "Seed", "Batch size"}  # written above, as A1111 writes them
+
+
+def extra_fields(request) -> dict:
+    """The table's other infotext fields (studio.fields): an img2img field when it is img2img,
+    any other when it is set to something but its default."""
+    extra = {}
+    for field in FIELDS:
+        if field.infotext is None or field.infotext in HEAD or (field.img2img and not request.is_img2img):
+            continue
+        value = getattr(request, field.name)
+        if field.img2img or value not in (None, field.default):
+            extra[field.infotext] = value
+    return extra
 
 
 def sampler_field(result) -> str:
@@ -140,29 +154,18 @@ def read_parameters(image: Image.Image) -> str | None:
     return text
 
 
-# A1111 field -> (GenerationRequest argument, lowest, highest, whole number?); strength excludes 0.
-NUMERIC_FIELDS = {
-    "Steps": ("num_inference_steps", 1, MAX_STEPS, True),
-    "CFG scale": ("guidance_scale", 0.0, MAX_GUIDANCE, False),
-    "Seed": ("seed", 0, MAX_SEED, True),
-    "Batch size": ("num_images_per_prompt", 1, MAX_BATCH, True),
-    "Denoising strength": ("strength", 0.0, 1.0, False),
-    "Clip skip": ("clip_skip", 1, 12, True),
-}
+# A1111's numeric keys this studio reads back, each a request field (studio.fields)
+NUMERIC_FIELDS = {f.infotext: f for f in FIELDS if f.infotext and f.kind in (int, float)}
 
 
-def checked_value(field: str, text: str):
-    """The number in `text` for the A1111 `field`; StudioError naming the argument if out of range."""
-    name, low, high, whole = NUMERIC_FIELDS[field]
+def checked_value(key: str, text: str):
+    """The number in `text` for the A1111 `key`; StudioError naming the field if out of range."""
+    field = NUMERIC_FIELDS[key]
     try:
         value = to_number(text)
     except ValueError:
-        raise StudioError(f"{name}={text!r} is not a number.") from None
-    if whole:
-        whole_number(name, value, low, high)
-        return int(value)
-    number(name, value, low, high, low_open=name == "strength")
-    return float(value)
+        raise StudioError(f"{field.name}={text!r} is not a number.") from None
+    return check_field(field, value)
 
 
 def to_number(text: str) -> int | float:
@@ -191,11 +194,12 @@ def request_fields(values: dict[str, str]) -> tuple[dict, list[str]]:
     fields = {"prompt": values.get("Prompt", ""), "negative_prompt": values.get("Negative prompt", "")}
     notes: list[str] = []
     settings = [k for k in values if k not in ("Prompt", "Negative prompt")]
-    if settings and "Batch size" not in values:
-        fields["num_images_per_prompt"] = 1
+    if settings:  # what A1111 leaves out when it is not used: the batch of 1, no variation, no clip skip
+        fields |= {f.name: f.default for f in FIELDS if f.infotext and f.infotext not in values
+                   and (f.infotext == "Batch size" or f.infotext not in HEAD and not f.img2img)}
     for field in [f for f in NUMERIC_FIELDS if f in values]:
         try:
-            fields[NUMERIC_FIELDS[field][0]] = checked_value(field, values[field])
+            fields[NUMERIC_FIELDS[field].name] = checked_value(field, values[field])
         except StudioError as exc:
             notes.append(f"{field}: {values[field]!r} cannot be used: {exc} It was left as it was.")
     if "Size" in values:
@@ -219,9 +223,8 @@ def size_fields(text: str, notes: list[str]) -> dict:
         return {}
     sizes = {}
     for name, value in zip(("width", "height"), map(int, match.groups())):
-        if MIN_SIDE <= value <= MAX_SIDE and value % 8 == 0:
-            sizes[name] = value
-        else:
-            notes.append(f"Size: {name}={value} cannot be used (expected a multiple of 8 from "
-                         f"{MIN_SIDE} to {MAX_SIDE}). The {name} was left as it was.")
+        try:
+            sizes[name] = check_field(FIELD[name], value)
+        except StudioError as exc:
+            notes.append(f"Size: {exc} The {name} was left as it was.")
     return sizes

@@ -14,58 +14,16 @@ import random
 
 from PIL import Image
 
-from studio import schedulers
-from studio.config import PREVIEWS
 from studio.errors import StudioError, bad_argument
+from studio.fields import (FIELDS, MAX_BATCH, MAX_BATCH_COUNT, MAX_GUIDANCE, MAX_SEED, MAX_SIDE,  # noqa: F401
+                           MAX_STEPS, MIN_SIDE, Field, GenerationRequest, steps_to_run)
 
-MAX_STEPS = 150
-MIN_SIDE, MAX_SIDE = 64, 2048
 SIZE_FACTOR = 4.0  # width and height go up to this many times the model's native size (--size-factor)
 # A shared (public) server takes at most this much work in one request, counted in steps of one
 # picture at the model's native size: 8 pictures x 150 steps, or one 4x-wide picture x 75 steps.
 MAX_PUBLIC_WORK = 1200
-MAX_GUIDANCE = 30.0
-MAX_BATCH = 8
-MAX_BATCH_COUNT = 16  # batches run one after another (A1111's "batch count")
-MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 4000
 ALLOWED_CONTROL = "\t\n\r"
-
-
-@dataclasses.dataclass
-class GenerationRequest:
-    prompt: str = ""
-    negative_prompt: str = ""
-    num_inference_steps: int = 20
-    guidance_scale: float = 7.5
-    width: int | None = None          # None: the model's native size
-    height: int | None = None
-    seed: int = -1                    # -1: random
-    num_images_per_prompt: int = 1
-    scheduler: str = schedulers.DEFAULT
-    clip_skip: int | None = None
-    image: Image.Image | None = None  # set for img2img
-    strength: float = 0.75
-    preview: str = "none"             # none, fast, tiny or full
-    preview_every: int = 1
-
-    @property
-    def is_img2img(self) -> bool:
-        return self.image is not None
-
-    def steps_to_run(self) -> int:
-        """The denoising steps the pipeline will run: img2img skips the first (1 - strength)."""
-        if not self.is_img2img:
-            return self.num_inference_steps
-        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
-
-    def parameters(self) -> dict:
-        """The request as plain values (no image), for metadata and history."""
-        values = dataclasses.asdict(dataclasses.replace(self, image=None))
-        values.pop("image")
-        if not self.is_img2img:
-            values.pop("strength")
-        return values
 
 
 @dataclasses.dataclass
@@ -135,45 +93,35 @@ def check_limits(request: GenerationRequest, native_size: int, factor: float = S
                               "in one request. Use fewer steps, a smaller batch or a smaller size.")
 
 
+def check_field(field: Field, value):
+    """`value` for `field` as its type (20.0 -> 20), or StudioError naming the field and value."""
+    if value is None and field.optional:
+        return None
+    if field.choices:
+        if value not in field.choices:
+            raise bad_argument(field.name, value, field.expected)
+        return value
+    if field.kind is str:
+        check_text(field.name, value)
+        return value
+    if field.kind is int:
+        whole_number(field.name, value, field.low, field.high)
+        if int(value) % field.multiple_of:
+            raise bad_argument(field.name, value, f"a multiple of {field.multiple_of}")
+        return int(value)
+    number(field.name, value, field.low, field.high, low_open=field.low_open)
+    return float(value)
+
+
 def check_inputs(request: GenerationRequest) -> GenerationRequest:
-    """The request with whole numbers as ints; StudioError names the first bad argument and value."""
-    check_text("prompt", request.prompt)
-    check_text("negative_prompt", request.negative_prompt)
-    whole_number("num_inference_steps", request.num_inference_steps, 1, MAX_STEPS)
-    number("guidance_scale", request.guidance_scale, 0.0, MAX_GUIDANCE)
-    for side in ("width", "height"):
-        value = getattr(request, side)
-        if value is not None:
-            whole_number(side, value, MIN_SIDE, MAX_SIDE)
-            if int(value) % 8:
-                raise bad_argument(side, value, "a multiple of 8")
-    whole_number("seed", request.seed, -1, MAX_SEED)
-    whole_number("num_images_per_prompt", request.num_images_per_prompt, 1, MAX_BATCH)
-    if request.scheduler not in schedulers.NAMES:
-        raise bad_argument("scheduler", request.scheduler, "one of " + ", ".join(schedulers.NAMES))
-    if request.clip_skip is not None:
-        whole_number("clip_skip", request.clip_skip, 1, 12)
-    whole_number("preview_every", request.preview_every, 1, MAX_STEPS)
-    if request.preview not in PREVIEWS:
-        raise bad_argument("preview", request.preview, "one of " + ", ".join(PREVIEWS))
-    if request.is_img2img:
-        number("strength", request.strength, 0.0, 1.0, low_open=True)
-        if request.steps_to_run() < 1:
-            raise bad_argument("strength", request.strength,
-                               f"a value that leaves at least one step: int({request.num_inference_steps} "
-                               f"x {request.strength}) = 0 steps would run")
-    return dataclasses.replace(
-        request,
-        num_inference_steps=int(request.num_inference_steps),
-        guidance_scale=float(request.guidance_scale),
-        width=None if request.width is None else int(request.width),
-        height=None if request.height is None else int(request.height),
-        seed=int(request.seed),
-        num_images_per_prompt=int(request.num_images_per_prompt),
-        clip_skip=None if request.clip_skip is None else int(request.clip_skip),
-        strength=float(request.strength),
-        preview_every=int(request.preview_every),
-    )
+    """The request with each field as its type; StudioError names the first bad field and value."""
+    checked = {f.name: check_field(f, getattr(request, f.name)) for f in FIELDS
+               if request.is_img2img or not f.img2img}
+    if request.is_img2img and request.steps_to_run() < 1:
+        raise bad_argument("strength", request.strength,
+                           f"a value that leaves at least one step: int({request.num_inference_steps} "
+                           f"x {request.strength}) = 0 steps would run")
+    return dataclasses.replace(request, **checked)
 
 
 def batches(request: GenerationRequest, count) -> list[GenerationRequest]:

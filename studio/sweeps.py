@@ -22,22 +22,16 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from studio import metadata, schedulers
 from studio.errors import GenerationCancelled, StudioError, bad_argument
+from studio.fields import AXES, FIELD
 from studio.requests import MAX_SEED, GenerationRequest, check_inputs
 
 MAX_CELLS = 64
 NOTHING = "nothing"
 PROMPT_SR = "prompt_sr"
-# kind -> the name people know (the grid's labels, the UI's dropdown, the grid's metadata)
-KINDS = {
-    NOTHING: "Nothing",
-    "num_inference_steps": "Steps",
-    "guidance_scale": "CFG scale",
-    "scheduler": "Sampler",
-    "seed": "Seed",
-    "strength": "Denoising strength",
-    PROMPT_SR: "Prompt S/R",
-}
-NUMERIC = {"num_inference_steps": int, "seed": int, "guidance_scale": float, "strength": float}
+# kind -> the name people know (the grid's labels, the UI's dropdown, the grid's metadata); the
+# fields that can be swept are the table's (studio.fields, `axis`)
+KINDS = {NOTHING: "Nothing", **AXES, PROMPT_SR: "Prompt S/R"}
+NUMERIC = {name: FIELD[name].kind for name in AXES if FIELD[name].kind in (int, float)}
 RANGE_SYNTAX = "a range like 1-5 (step 1), 10-30 (+10) (a step) or 1-9 [5] (5 evenly spaced values)"
 VALUE_SYNTAX = f"comma-separated values (quote a value that holds a comma); numbers also as {RANGE_SYNTAX}"
 NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"

@@ -28,7 +28,7 @@ def test_the_api_names_its_endpoints(client):
 
 
 def test_txt2img_round_trip_returns_a_png_with_its_parameters(client):
-    _, gallery, info = client.predict(*TXT2IMG.values(), api_name="/txt2img")
+    _, gallery, info = client.predict(**TXT2IMG, api_name="/txt2img")
     assert len(gallery) == 1 and "**Seed:** 5" in info
     image = Image.open(gallery[0]["image"])
     assert image.size == (64, 64)
@@ -40,7 +40,7 @@ def test_img2img_round_trip(client, tmp_path):
     start = tmp_path / "start.png"
     Image.new("RGB", (64, 64), "red").save(start)
     values = {**TXT2IMG, "prompt": "a large blue square"}
-    _, gallery, info = client.predict(*values.values(), handle_file(str(start)), 0.5, api_name="/img2img")
+    _, gallery, info = client.predict(**values, image=handle_file(str(start)), strength=0.5, api_name="/img2img")
     assert Image.open(gallery[0]["image"]).size == (64, 64)
     assert "10 steps" in info
 
@@ -53,15 +53,15 @@ def test_img2img_round_trip(client, tmp_path):
 ])
 def test_bad_api_input_is_a_clear_error_and_the_next_request_works(client, name, value, message):
     with pytest.raises(Exception, match=message):
-        client.predict(*{**TXT2IMG, name: value}.values(), api_name="/txt2img")
-    _, gallery, _ = client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), api_name="/txt2img")
+        client.predict(**{**TXT2IMG, name: value}, api_name="/txt2img")
+    _, gallery, _ = client.predict(**{**TXT2IMG, "num_inference_steps": 2}, api_name="/txt2img")
     assert len(gallery) == 1
 
 
 def test_loading_a_missing_model_keeps_the_current_one(client):
     with pytest.raises(Exception, match="was not found"):
         client.predict("/nonexistent/model", api_name="/load_model")
-    _, gallery, _ = client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), api_name="/txt2img")
+    _, gallery, _ = client.predict(**{**TXT2IMG, "num_inference_steps": 2}, api_name="/txt2img")
     assert len(gallery) == 1
 
 
@@ -100,11 +100,11 @@ def test_batch_count_runs_batches_in_a_row_with_seeds_that_continue(client):
     """Batch count 2 x batch size 2 from seed 10: four pictures, seeds 10-13; the second batch is
     exactly what batch size 2 from seed 12 makes (so any batch can be made again)."""
     values = {**TXT2IMG, "num_inference_steps": 4, "num_images_per_prompt": 2, "seed": 10}
-    _, gallery, info = client.predict(*values.values(), 2, api_name="/txt2img")
+    _, gallery, info = client.predict(**values, batch_count=2, api_name="/txt2img")
     seeds = [int(metadata.parse_parameters(Image.open(g["image"]).info["parameters"])["Seed"]) for g in gallery]
     assert seeds == [10, 11, 12, 13]
     assert info.count("**Seeds:**") == 2 and "10, 11" in info and "12, 13" in info
-    _, again, _ = client.predict(*{**values, "seed": 12}.values(), api_name="/txt2img")
+    _, again, _ = client.predict(**{**values, "seed": 12}, api_name="/txt2img")
     assert [pixels(g) for g in again] == [pixels(g) for g in gallery[2:]]  # the second batch, run on its own
 
 
@@ -115,6 +115,6 @@ def pixels(picture: dict) -> bytes:
 @pytest.mark.parametrize("count", [0, 17, 1.5])
 def test_a_bad_batch_count_is_refused_by_name_and_the_next_request_works(client, count):
     with pytest.raises(Exception, match=rf"batch_count={count!r} is not allowed|Value {count} is (less|greater)"):
-        client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), count, api_name="/txt2img")
-    _, gallery, _ = client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), api_name="/txt2img")
+        client.predict(**{**TXT2IMG, "num_inference_steps": 2}, batch_count=count, api_name="/txt2img")
+    _, gallery, _ = client.predict(**{**TXT2IMG, "num_inference_steps": 2}, api_name="/txt2img")
     assert len(gallery) == 1

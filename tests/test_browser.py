@@ -452,3 +452,38 @@ def test_the_sign_in_page_signs_in_without_the_api_description(browser, auth_ser
         expect(page.locator("#txt2img-generate")).to_be_visible(timeout=PAGE_READY_SECONDS * 1000)
     finally:
         context.close()
+
+
+def test_a_saved_run_reopens_in_the_viewer_as_the_live_run_showed(page, browser, app_server, bundled_manager,
+                                                                  artifacts, tmp_path):
+    """The run file that --trajectory writes, uploaded in a fresh session, shows every step as
+    the live run did: the same x0 and x_t pictures at the same step, the same filmstrip."""
+    from studio import runs
+
+    prompt = "a large yellow circle on a blue background"
+    generate_in_txt2img(page, prompt, steps=8, seed=3)
+    page.click("#tab-viewer-button")
+    page.locator("#viewer-decoder").get_by_text("Full VAE").click()  # the fast map learns from runs
+    page.click("#viewer-load")
+    expect(page.locator("#viewer-caption")).to_contain_text("Step 8 of 8")
+    live = [picture_pixels(page, f"#viewer-{which}") for which in ("x0", "xt")]
+
+    runs.save(bundled_manager.generate(GenerationRequest(prompt=prompt, num_inference_steps=8, seed=3)), tmp_path)
+    context = browser.new_context(viewport=VIEWPORT)  # another visitor: an empty history
+    fresh = context.new_page()
+    fresh.goto(app_server[0])
+    fresh.click("#tab-viewer-button", timeout=PAGE_READY_SECONDS * 1000)
+    fresh.locator("#viewer-decoder").get_by_text("Full VAE").click()
+    fresh.get_by_text("Open a saved run").click()
+    fresh.locator("#viewer-saved-run input[type=file]").set_input_files(
+        [str(tmp_path / name) for name in (runs.DESCRIPTION, runs.TENSORS, "picture-0.png")])
+    expect(fresh.locator("#viewer-caption")).to_contain_text("Step 8 of 8", timeout=GENERATION_SECONDS * 1000)
+    expect(fresh.locator("#viewer-filmstrip img")).to_have_count(8)
+    expect(fresh.locator("#viewer-run input")).to_have_value(re.compile(r"#1 txt2img: a large yellow circle"))
+    reopened = [picture_pixels(fresh, f"#viewer-{which}") for which in ("x0", "xt")]
+    for frame in fresh.locator("#viewer-filmstrip img").element_handles():
+        fresh.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=frame)
+    expect(fresh.locator("[data-testid=toast-body]")).to_have_count(0)  # no error (a decoder picked first)
+    fresh.screenshot(path=artifacts / "viewer-saved-run.png", full_page=True)
+    context.close()
+    assert all((a == b).all() for a, b in zip(live, reopened))

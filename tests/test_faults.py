@@ -203,9 +203,9 @@ def client(app_server):
 def test_out_of_memory_through_the_app_is_a_clear_message_and_the_next_request_works(client, bundled_manager):
     with probed(bundled_manager, fail_at=3, error=OOM_ERRORS["torch.OutOfMemoryError"]):
         with pytest.raises(Exception, match="Out of memory at 64x64") as caught:
-            client.predict(*TXT2IMG.values(), api_name="/txt2img")
+            client.predict(**TXT2IMG, api_name="/txt2img")
     assert "Traceback" not in str(caught.value)
-    _, gallery, info = client.predict(*TXT2IMG.values(), api_name="/txt2img")
+    _, gallery, info = client.predict(**TXT2IMG, api_name="/txt2img")
     assert len(pictures(gallery)) == 1 and "6 steps" in info
 
 
@@ -237,7 +237,7 @@ def submit_and_cancel(client, manager, probe, received: threading.Event, at_call
             received.wait(60)
 
     probe.on_call = hold_at
-    job = client.submit(*{**TXT2IMG, "num_inference_steps": 150}.values(), api_name="/txt2img")
+    job = client.submit(**{**TXT2IMG, "num_inference_steps": 150}, api_name="/txt2img")
     assert reached.wait(120)
     for _ in range(600):  # the server may start the run before the client has the event's id
         if job.communicator.event_id is not None:
@@ -304,7 +304,7 @@ GOOD_TXT2IMG = [("prompt", ""), ("prompt", "ein rotes Quadrat ✨\nnaïve 四角
 
 
 def healthy(client) -> None:
-    _, gallery, info = client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), api_name="/txt2img")
+    _, gallery, info = client.predict(**{**TXT2IMG, "num_inference_steps": 2}, api_name="/txt2img")
     assert len(pictures(gallery)) == 1 and "2 steps" in info
 
 
@@ -312,14 +312,13 @@ def healthy(client) -> None:
                          ids=[f"{n}={str(v)[:12]!r}" for n, v, _ in BAD_TXT2IMG])
 def test_bad_txt2img_value_through_the_api_is_refused_and_the_server_stays_healthy(client, name, value, message):
     with pytest.raises(Exception, match=message):
-        client.predict(*{**TXT2IMG, name: value, "num_inference_steps": 2 if name != "num_inference_steps"
-                         else value}.values(), api_name="/txt2img")
+        client.predict(**{**TXT2IMG, "num_inference_steps": 2, name: value}, api_name="/txt2img")
     healthy(client)
 
 
 @pytest.mark.parametrize(("name", "value"), GOOD_TXT2IMG, ids=["empty", "unicode", "100 tokens"])
 def test_unusual_but_valid_prompts_through_the_api_generate(client, name, value):
-    _, gallery, _ = client.predict(*{**TXT2IMG, name: value, "num_inference_steps": 2}.values(), api_name="/txt2img")
+    _, gallery, _ = client.predict(**{**TXT2IMG, name: value, "num_inference_steps": 2}, api_name="/txt2img")
     assert len(pictures(gallery)) == 1
 
 
@@ -344,8 +343,8 @@ def test_bad_strength_through_the_api_is_refused_and_the_server_stays_healthy(cl
     from gradio_client import handle_file
 
     with pytest.raises(Exception, match=message):
-        client.predict(*{**TXT2IMG, "num_inference_steps": 20}.values(), handle_file(uploads["good.png"]), strength,
-                       api_name="/img2img")
+        client.predict(**{**TXT2IMG, "num_inference_steps": 20}, image=handle_file(uploads["good.png"]),
+                       strength=strength, api_name="/img2img")
     healthy(client)
 
 
@@ -357,7 +356,7 @@ def test_a_bad_upload_through_the_api_is_refused_naming_the_file_and_the_server_
 
     with pytest.raises(Exception, match=rf"image='[^']*{re.escape(name)}' (could not be (read|decoded) as a picture"
                                         r"|has too many pixels)") as caught:
-        client.predict(*{**TXT2IMG, "num_inference_steps": 2}.values(), handle_file(uploads[name]), 0.5,
+        client.predict(**{**TXT2IMG, "num_inference_steps": 2}, image=handle_file(uploads[name]), strength=0.5,
                        api_name="/img2img")
     assert "Could not preprocess" not in str(caught.value)
     healthy(client)
@@ -387,10 +386,9 @@ def test_a_prompt_with_a_lone_surrogate_sent_raw_is_refused_by_name(app_server):
 
     import httpx
 
-    values = json.dumps([*{**TXT2IMG, "num_inference_steps": 2}.values(), 1]).replace('"a small red circle"',
-                                                                                     '"\\ud800x"')
+    values = json.dumps({**TXT2IMG, "num_inference_steps": 2}).replace('"a small red circle"', '"\\ud800x"')
     url = app_server[0]
-    event_id = httpx.post(f"{url}gradio_api/call/txt2img", content='{"data": ' + values + "}",
+    event_id = httpx.post(f"{url}gradio_api/call/v2/txt2img", content=values,
                           headers={"Content-Type": "application/json"}, timeout=60).json()["event_id"]
     answer = httpx.get(f"{url}gradio_api/call/txt2img/{event_id}", timeout=120).text
     assert "event: error" in answer and "lone surrogate" in answer, answer[:300]

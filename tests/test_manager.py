@@ -11,6 +11,7 @@ from PIL import Image
 
 from studio import devices
 from studio.errors import GenerationCancelled, StudioError
+from studio.manager import Done
 from studio.requests import GenerationRequest
 from tests import tiny_pipelines as tiny
 
@@ -113,7 +114,7 @@ def test_cancel_stops_at_the_next_step_and_the_next_run_works(sd1):
 def test_closing_a_stream_cancels_its_run(sd1):
     stream = sd1.stream(GenerationRequest(prompt=PROMPT, num_inference_steps=50, seed=1))
     first = next(stream)
-    assert first[:3] == ("step", 1, 50)
+    assert (first.number, first.total) == (1, 50)
     stream.close()  # what Gradio does on Stop; returns only once the worker has stopped
     assert sd1._running_cancel is None
     assert len(sd1.generate(GenerationRequest(prompt=PROMPT, num_inference_steps=2)).images) == 1
@@ -122,9 +123,9 @@ def test_closing_a_stream_cancels_its_run(sd1):
 def test_stream_yields_every_step_then_the_result(sd1):
     sd1.previews.fast_map(sd1.loaded)  # the model's first fit done (runs do not wait for it)
     events = list(sd1.stream(GenerationRequest(prompt=PROMPT, num_inference_steps=3, preview="fast")))
-    assert [e[:3] for e in events[:-1]] == [("step", 1, 3), ("step", 2, 3), ("step", 3, 3)]
-    assert all(e[3][0].size == (64, 64) for e in events[:-1])  # a fast preview at every step
-    assert events[-1][0] == "done" and len(events[-1][1].images) == 1
+    assert [(e.number, e.total) for e in events[:-1]] == [(1, 3), (2, 3), (3, 3)]
+    assert all(e.previews[0].size == (64, 64) for e in events[:-1])  # a fast preview at every step
+    assert isinstance(events[-1], Done) and len(events[-1].result.images) == 1
 
 
 def test_a_failed_model_switch_keeps_the_current_model(sd1, tmp_path):

@@ -60,7 +60,8 @@ def test_our_parameters_text_maps_back_to_every_request_field():
     assert notes == []
     assert fields == {"prompt": "a small red circle, top left: on blue", "negative_prompt": "green, square",
                       "num_inference_steps": 12, "guidance_scale": 4.5, "width": 64, "height": 64,
-                      "scheduler": "Euler a", "seed": 99, "num_images_per_prompt": 1}
+                      "scheduler": "Euler a", "seed": 99, "num_images_per_prompt": 1,
+                      "subseed": -1, "subseed_strength": 0.0, "clip_skip": None}  # left out: unused
     assert GenerationRequest(**fields).prompt == result.request.prompt
 
 
@@ -75,7 +76,7 @@ def test_an_a1111_text_with_quoted_values_maps_to_fields():
                       "negative_prompt": "lowres, bad anatomy\nsecond line of the negative",
                       "num_inference_steps": 28, "guidance_scale": 7.0, "seed": 1234567890,
                       "width": 512, "height": 768, "scheduler": "DPM++ 2M Karras", "strength": 0.45,
-                      "clip_skip": 2, "num_images_per_prompt": 1}
+                      "clip_skip": 2, "num_images_per_prompt": 1, "subseed": -1, "subseed_strength": 0.0}
 
 
 def test_a_value_with_a_comma_or_colon_is_quoted_in_our_text_and_read_back():
@@ -144,7 +145,7 @@ def test_send_to_txt2img_fills_every_field_and_switches_tab(tmp_path, warnings):
     assert dict(zip(pnginfo_tab.SENT_FIELDS, values)) == {
         "prompt": "a red circle", "negative_prompt": "blue", "num_inference_steps": 9,
         "guidance_scale": 3.0, "width": 64, "height": 64, "scheduler": "DDIM",
-        "num_images_per_prompt": 1, "seed": 7}
+        "num_images_per_prompt": 1, "seed": 7, "subseed": -1, "subseed_strength": 0.0}  # none: reset
     assert tabs.selected == "txt2img"
     assert warnings == []
 
@@ -184,7 +185,7 @@ def test_the_size_sliders_follow_the_loaded_model():
     from studio.ui import common, settings_panel
 
     with gr.Blocks():
-        panel = common.parameter_panel("t", 64, "a cat")
+        panel = common.parameter_panel("t", 64, prompt="a cat")
     assert (panel.width.maximum, panel.height.maximum, panel.width.step) == (256, 256, 8)
     assert panel.width.info == panel.height.info == "up to 4x the 64px it learned; larger repeats the subject"
     sd = types.SimpleNamespace(info=types.SimpleNamespace(native_size=512), settings=types.SimpleNamespace(size_factor=4.0))
@@ -241,7 +242,7 @@ def test_the_png_info_endpoint_reads_our_png(app_server, tmp_path):
     result = a_result(negative_prompt="green", scheduler="Euler a", seed=42)
     path = png_with(tmp_path / "ours.png", metadata.format_parameters(result, 42))
     client = Client(app_server[0], verbose=False)
-    text, table, notes = client.predict(handle_file(path), api_name="/png_info")
+    text, table, notes = client.predict(picture=handle_file(path), api_name="/png_info")
     assert text.splitlines()[0] == "a red circle"
     rows = dict(map(tuple, table["data"]))
     assert rows["Prompt"] == "a red circle" and rows["Negative prompt"] == "green"

@@ -22,6 +22,7 @@ from PIL import Image
 
 from app import MAX_UPLOAD
 from studio.config import DEFAULT_MODEL, REPO_ROOT, Settings
+from studio.manager import Step
 from tests.conftest import free_port, serve
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,7 +44,7 @@ def raw_get(url: str, path: str) -> tuple[int, bytes]:
 
 
 def txt2img(client: Client, **changes) -> list:
-    return client.predict(*{**TXT2IMG, **changes}.values(), api_name="/txt2img")[1]
+    return client.predict(**{**TXT2IMG, **changes}, api_name="/txt2img")[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def client(app_server):
 def served_png(app_server) -> str:
     """A picture the app made, as the server gave it to the client: a file it may serve."""
     gallery = Client(app_server[0], verbose=False, download_files=False).predict(
-        *TXT2IMG.values(), api_name="/txt2img")[1]
+        **TXT2IMG, api_name="/txt2img")[1]
     assert sorted(Path(app_server[1].outputs).rglob("*.png")), "the app saved no picture under --outputs"
     return gallery[0]["image"]["path"]
 
@@ -115,8 +116,8 @@ def pictures_of_a_visitor(url: str) -> list[str]:
     """Every kind of picture a visitor is given, as server paths (nothing downloaded): a txt2img
     result, an X/Y grid and its single images, a viewer GIF and contact sheet."""
     client = Client(url, verbose=False, download_files=False)
-    gallery = client.predict(*{**TXT2IMG, "seed": 21}.values(), api_name="/txt2img")[1]
-    grid, singles, _ = client.predict(*TXT2IMG.values(), None, 0.75, "guidance_scale", "1, 7", "nothing", "",
+    gallery = client.predict(**{**TXT2IMG, "seed": 21}, api_name="/txt2img")[1]
+    grid, singles, _ = client.predict(**TXT2IMG, x_type="guidance_scale", x_values="1, 7",
                                       api_name="/xy_plot")
     gif, sheet = client.predict(None, "fast", api_name="/viewer_export")
     return [item["image"]["path"] for item in gallery + singles] + [f["path"] for f in (grid, gif, sheet)]
@@ -174,11 +175,10 @@ def test_the_api_refuses_a_server_side_path_as_an_input_picture(app_server, clie
     """gradio_client would upload a local file itself; a raw call can name any path on the server."""
     picture = {"path": str(REPO_ROOT / "models" / "tiny-shapes" / "samples.png"),
                "meta": {"_type": "gradio.FileData"}}
-    # The raw HTTP API takes every input (gradio_client fills the defaulted batch count itself).
-    data = [*TXT2IMG.values(), picture, 0.5, 1] if api_name == "img2img" else [picture, 500]
-    call = httpx.post(f"{app_server[0]}gradio_api/call/{api_name}", json={"data": data}, timeout=30)
-    events = httpx.get(f"{app_server[0]}gradio_api/call/{api_name}/{call.json()['event_id']}", timeout=120)
-    assert "event: error" in events.text and "not uploaded by a user" in events.text, events.text[:300]
+    data = {**TXT2IMG, "image": picture, "strength": 0.5} if api_name == "img2img" else \
+        {"image": picture, "timestep": 500}
+    event, payload = call_raw(app_server[0], api_name, data)
+    assert event == "error" and "not uploaded by a user" in payload, payload[:300]
     assert len(txt2img(client)) == 1  # and the server is fine
 
 
@@ -224,11 +224,11 @@ def test_public_mode_keeps_each_session_to_two_runs_in_the_queue(public_app, hel
 
     url, (running, release) = public_app[0].src, held_model
     visitor = Client(url, verbose=False)
-    jobs = [visitor.submit(*TXT2IMG.values(), api_name="/txt2img") for _ in range(MAX_RUNS_PER_SESSION)]
+    jobs = [visitor.submit(**TXT2IMG, api_name="/txt2img") for _ in range(MAX_RUNS_PER_SESSION)]
     assert running.wait(60)
     with pytest.raises(Exception, match="429 Too Many Requests"):  # the page shows the detail
-        visitor.submit(*TXT2IMG.values(), api_name="/txt2img").result(timeout=60)
-    other = Client(url, verbose=False).submit(*TXT2IMG.values(), api_name="/txt2img")  # has room
+        visitor.submit(**TXT2IMG, api_name="/txt2img").result(timeout=60)
+    other = Client(url, verbose=False).submit(**TXT2IMG, api_name="/txt2img")  # has room
     release.set()
     assert [len(job.result(timeout=120)[1]) for job in [*jobs, other]] == [1, 1, 1]
     assert len(txt2img(visitor)) == 1  # its runs ended, so the visitor may queue again
@@ -237,7 +237,7 @@ def test_public_mode_keeps_each_session_to_two_runs_in_the_queue(public_app, hel
 def test_public_mode_keeps_one_address_to_half_the_queue(public_app, held_model):
     """gradio_client's /call/ route makes a new session for every call, so the address counts too."""
     url, settings, (running, release) = public_app[0].src, public_app[2], held_model
-    answers = [httpx.post(f"{url}gradio_api/call/txt2img", json={"data": [*TXT2IMG.values(), 1]}, timeout=30)
+    answers = [httpx.post(f"{url}gradio_api/call/v2/txt2img", json=TXT2IMG, timeout=30)
                for _ in range(settings.max_queue // 2 + 1)]
     assert running.wait(60)
     assert [a.status_code for a in answers] == [200] * (settings.max_queue // 2) + [429]
@@ -368,8 +368,8 @@ def test_public_mode_generation_writes_nothing_outside_outputs(public_app, write
     client, start, outside = writes_outside_outputs
     saved_before = len(list(Path(settings.outputs).rglob("*.png")))
     txt2img(client, seed=7)
-    client.predict(*TXT2IMG.values(), handle_file(str(start)), 1.0, api_name="/img2img")
-    client.predict(handle_file(str(start)), 300, api_name="/forward_process")
+    client.predict(**TXT2IMG, image=handle_file(str(start)), strength=1.0, api_name="/img2img")
+    client.predict(image=handle_file(str(start)), timestep=300, api_name="/forward_process")
     client.predict(None, "fast", api_name="/viewer_load")
     client.predict(settings.allowed_models[0], api_name="/load_model")
     client.predict(settings.model, api_name="/load_model")
@@ -499,9 +499,10 @@ def inline(data: bytes) -> dict:
             "meta": {"_type": "gradio.FileData"}}
 
 
-def call_raw(url: str, api: str, data: list) -> tuple[str, str]:
-    """POST /gradio_api/call/<api>, then read its event stream: (last event name, its data)."""
-    event_id = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data}, timeout=60).json()["event_id"]
+def call_raw(url: str, api: str, data: dict) -> tuple[str, str]:
+    """POST the named inputs to /gradio_api/call/v2/<api>, then read its event stream: (last event
+    name, its data)."""
+    event_id = httpx.post(f"{url}gradio_api/call/v2/{api}", json=data, timeout=60).json()["event_id"]
     event, payload = "", ""
     with httpx.stream("GET", f"{url}gradio_api/call/{api}/{event_id}", timeout=120) as stream:
         for line in stream.iter_lines():
@@ -519,7 +520,7 @@ BOMB_SIDE = 13376  # the probe's 680 KB PNG of zeros: 179 million pixels, 4 GB o
 
 def test_png_info_reads_the_text_of_a_huge_picture_without_decoding_it(app_server):
     bomb = header_only_png(BOMB_SIDE, BOMB_SIDE, "a cat\nSteps: 20, Seed: 1, Size: 512x512")
-    event, payload = call_raw(app_server[0], "png_info", [inline(bomb)])
+    event, payload = call_raw(app_server[0], "png_info", {"picture": inline(bomb)})
     assert event == "complete" and "Steps: 20, Seed: 1" in payload, (event, payload[:300])
 
 
@@ -533,7 +534,7 @@ def test_an_input_picture_with_too_many_pixels_is_refused_from_its_header(app_se
         picture = {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "bomb.png"}
     else:
         picture = inline(bomb)
-    event, payload = call_raw(app_server[0], "img2img", [*TXT2IMG.values(), picture, 0.5, 1])  # raw: every input
+    event, payload = call_raw(app_server[0], "img2img", {**TXT2IMG, "image": picture, "strength": 0.5})
     assert event == "error" and f"is {BOMB_SIDE}x{BOMB_SIDE} pixels" in payload, (event, payload[:300])
     assert len(txt2img(Client(app_server[0], verbose=False))) == 1  # and the server goes on
 
@@ -588,7 +589,7 @@ def test_a_malformed_json_request_gets_a_named_refusal_not_a_500(app_server, rou
 def test_no_rest_route_runs_an_event_beside_the_queue(app_server, recorded_runs):
     """Gradio opens /run/<api_name> off Spaces: a run there skipped the queue and its limit of one
     generation at a time."""
-    response = httpx.post(app_server[0] + "gradio_api/run/txt2img", json={"data": [*TXT2IMG.values(), 1]},
+    response = httpx.post(app_server[0] + "gradio_api/run/txt2img", json={"data": list(TXT2IMG.values())},
                           timeout=30)
     assert response.status_code == 404 and "join the queue" in response.json()["detail"]
     assert not recorded_runs
@@ -615,7 +616,7 @@ GONE_CLIENT = """
 import sys
 from gradio_client import Client
 client = Client(sys.argv[1], verbose=False)
-job = client.submit(*eval(sys.argv[2]), api_name="/txt2img")
+job = client.submit(**eval(sys.argv[2]), api_name="/txt2img")
 for update in job:  # the first status line: the run is going; then this process is killed
     print("running", flush=True)
     break
@@ -635,8 +636,8 @@ def recorded_runs(bundled_manager, monkeypatch):
         runs.append(run)
         try:
             for event in original(request, cancel):
-                if event[0] == "step":
-                    run["steps"].append(event[1])
+                if isinstance(event, Step):
+                    run["steps"].append(event.number)
                     run["started"].set()
                 yield event
         finally:
@@ -652,9 +653,9 @@ def test_a_client_that_goes_away_stops_its_run_within_a_step(app_server, recorde
     request behind it waited 900 s."""
     import subprocess
 
-    values = list({**TXT2IMG, "num_inference_steps": 150, "preview": "none"}.values())
+    values = {**TXT2IMG, "num_inference_steps": 150, "preview": "none"}
     if client_kind == "raw HTTP/SSE":
-        event_id = httpx.post(f"{app_server[0]}gradio_api/call/txt2img", json={"data": [*values, 1]},
+        event_id = httpx.post(f"{app_server[0]}gradio_api/call/v2/txt2img", json=values,
                               timeout=60).json()["event_id"]
         with httpx.stream("GET", f"{app_server[0]}gradio_api/call/txt2img/{event_id}", timeout=60) as stream:
             for line in stream.iter_lines():

@@ -225,9 +225,11 @@ def tab(manager, tmp_path):
     return parts
 
 
-def event_values(x_kind="guidance_scale", x_text="1, 9", y_kind="seed", y_text="3-4"):
-    panel = ["a red circle", "", 2, 5.0, 64, 64, "Euler", 1, 11, "fast"]
-    return [*panel, None, 0.75, x_kind, x_text, y_kind, y_text, None, None]
+def event_values(x_kind="guidance_scale", x_text="1, 9", y_kind="seed", y_text="3-4") -> dict:
+    """What the tab's event gets, by name, as the API sends it."""
+    panel = dict(prompt="a red circle", num_inference_steps=2, guidance_scale=5.0, width=64, height=64,
+                 scheduler="Euler", seed=11, preview="fast")
+    return {**panel, "x_type": x_kind, "x_values": x_text, "y_type": y_kind, "y_values": y_text}
 
 
 def test_the_tab_event_returns_the_grid_the_singles_and_the_history(tab):
@@ -235,7 +237,7 @@ def test_the_tab_event_returns_the_grid_the_singles_and_the_history(tab):
 
     session = types.SimpleNamespace(session_hash="sweep-test")
     earlier = SessionHistory().add_run("an earlier run", ["earlier.png"])
-    grid_path, singles, info, history, last, seed = tab["run"](session, earlier, *event_values())
+    grid_path, singles, info, history, last, seed = tab["run"](earlier, session, **event_values())
     assert Image.open(grid_path).info["parameters"].endswith('Y Type: Seed, Y Values: 3-4')
     assert [label for _, label in singles] == ["CFG scale: 1 · Seed: 3", "CFG scale: 9 · Seed: 3",
                                               "CFG scale: 1 · Seed: 4", "CFG scale: 9 · Seed: 4"]
@@ -251,7 +253,7 @@ def test_the_tab_event_returns_the_grid_the_singles_and_the_history(tab):
 def test_the_tab_event_turns_a_bad_value_into_a_gradio_error(tab):
     session = types.SimpleNamespace(session_hash="sweep-test")
     with pytest.raises(gr.Error, match=r"X axis: guidance_scale='lots' is not allowed"):
-        tab["run"](session, SessionHistory(), *event_values(x_text="1, lots"))
+        tab["run"](SessionHistory(), session, **event_values(x_text="1, lots"))
 
 
 def test_the_xy_plot_api_round_trip_returns_a_labelled_grid(manager, tmp_path):
@@ -267,9 +269,9 @@ def test_the_xy_plot_api_round_trip_returns_a_labelled_grid(manager, tmp_path):
     demo.launch(server_port=port, prevent_thread_lock=True, quiet=True, allowed_paths=[str(tmp_path)])
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        grid, singles, info = client.predict(*event_values(y_kind="nothing", y_text=""), api_name="/xy_plot")
+        grid, singles, info = client.predict(**event_values(y_kind="nothing", y_text=""), api_name="/xy_plot")
         with pytest.raises(Exception, match=r"Y axis: seed='x' is not allowed"):
-            client.predict(*event_values(y_text="x"), api_name="/xy_plot")
+            client.predict(**event_values(y_text="x"), api_name="/xy_plot")
     finally:
         demo.close()
     picture = Image.open(grid)
@@ -292,13 +294,13 @@ def test_picking_an_axis_parameter_fills_values_of_its_kind(kind):
 def test_the_sampler_axis_runs_the_picked_samplers_and_an_api_caller_may_type_them(tab):
     session = types.SimpleNamespace(session_hash="sweep-test")
     values = event_values(x_kind="scheduler", x_text="", y_kind="nothing", y_text="")
-    values[-2] = ["Heun", "UniPC"]
-    _, singles, *_ = tab["run"](session, SessionHistory(), *values)
+    values["x_samplers"] = ["Heun", "UniPC"]
+    _, singles, *_ = tab["run"](SessionHistory(), session, **values)
     assert [label for _, label in singles] == ["Sampler: Heun", "Sampler: UniPC"]
     typed = event_values(x_kind="scheduler", x_text="DDIM", y_kind="nothing", y_text="")
-    assert [label for _, label in tab["run"](session, SessionHistory(), *typed)[1]] == ["Sampler: DDIM"]
+    assert [label for _, label in tab["run"](SessionHistory(), session, **typed)[1]] == ["Sampler: DDIM"]
     with pytest.raises(gr.Error, match="X axis"):  # nothing picked, nothing typed
-        tab["run"](session, SessionHistory(), *event_values(x_kind="scheduler", x_text=""))
+        tab["run"](SessionHistory(), session, **event_values(x_kind="scheduler", x_text=""))
 
 
 @pytest.mark.parametrize(("text", "message"), [

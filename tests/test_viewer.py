@@ -9,6 +9,7 @@ from diffusers import DDIMScheduler, DDPMPipeline
 from PIL import Image
 
 from studio import export, schedulers
+from studio.manager import Done
 from studio.requests import GenerationRequest
 from studio.trajectory import STORE_DTYPE, alpha_bar_at, x0_closed_form
 from tests import tiny_pipelines as tiny
@@ -198,7 +199,7 @@ def test_a_first_run_of_the_bundled_model_shows_its_fast_preview_from_the_first_
     monkeypatch.setattr(bundled_manager, "previews", PreviewDecoder(cache_dir=tmp_path))
     events = list(bundled_manager.stream(GenerationRequest(prompt="a red circle", num_inference_steps=3,
                                                            preview="fast")))
-    assert events[0][3] is not None and events[0][4] is None
+    assert events[0].previews is not None and events[0].note is None
 
 
 def test_no_save_keeps_the_fitted_maps_in_memory_only(tmp_path):
@@ -224,13 +225,13 @@ def test_a_run_says_it_prepares_the_fast_preview_while_the_first_fit_runs(bundle
     monkeypatch.setattr(bundled_manager, "previews", previews.PreviewDecoder(cache_dir=tmp_path))
     request = GenerationRequest(prompt="a red circle", num_inference_steps=3, preview="fast")
     events = list(bundled_manager.stream(request))
-    assert [(e[3], e[4]) for e in events[:-1]] == [(None, bundled_manager.preview_note(request))] * 3
-    assert "preparing the fast preview" in events[0][4] and events[-1][0] == "done"
+    assert [(e.previews, e.note) for e in events[:-1]] == [(None, bundled_manager.preview_note(request))] * 3
+    assert "preparing the fast preview" in events[0].note and isinstance(events[-1], Done)
 
     release.set()
     bundled_manager.previews.fast_map(bundled_manager.loaded)  # waits for the background fit
     events = list(bundled_manager.stream(request))
-    assert all(e[3] is not None and e[4] is None for e in events[:-1])
+    assert all(e.previews is not None and e.note is None for e in events[:-1])
     assert bundled_manager.preview_note(request) is None
 
 
@@ -341,8 +342,8 @@ def viewer_client(app_server):
     from gradio_client import Client
 
     client = Client(app_server[0], verbose=False)
-    client.predict("a small red circle at the top left on a blue background", "", 8, 7.5, 64, 64, "Default",
-                   1, 11, "none", api_name="/txt2img")
+    client.predict(prompt="a small red circle at the top left on a blue background", num_inference_steps=8,
+                   seed=11, preview="none", api_name="/txt2img")
     return client
 
 
@@ -389,12 +390,12 @@ def test_the_forward_process_api_noises_a_picture_more_as_t_grows(viewer_client,
     Image.new("RGB", (64, 64), (200, 40, 40)).save(source)
     distances = []
     for t in (50, 500, 999):
-        noised, info = viewer_client.predict(handle_file(str(source)), t, api_name="/forward_process")
+        noised, info = viewer_client.predict(image=handle_file(str(source)), timestep=t, api_name="/forward_process")
         assert f"t = {t}" in info
         distances.append(np.abs(picture(noised) - picture(source)).mean())
     assert distances == sorted(distances) and distances[0] < 20 < distances[-1]
     with pytest.raises(Exception, match="5000"):  # Gradio checks the slider range first
-        viewer_client.predict(handle_file(str(source)), 5000, api_name="/forward_process")
+        viewer_client.predict(image=handle_file(str(source)), timestep=5000, api_name="/forward_process")
 
 
 def test_the_viewer_api_picks_a_run_by_index_and_refuses_others(viewer_client):

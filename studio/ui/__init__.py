@@ -10,7 +10,7 @@ import gradio as gr
 from studio.config import Settings
 from studio.history import SessionHistory
 from studio.outputs import OutputWriter
-from studio.ui import generate_tab, history_tab, pnginfo_tab, settings_panel, sweep_tab, viewer_tab
+from studio.ui import generate_tab, history_tab, pnginfo_tab, settings_panel, stops, sweep_tab, viewer_tab
 
 TITLE = "Diffusion Studio"
 # Small models make small pictures: show them enlarged with crisp pixels, not blurred.
@@ -22,7 +22,6 @@ CSS = """
 /* galleries as tall as their pictures: Gradio gives every gallery a 320-450 px floor */
 #viewer-filmstrip .fixed-height, #xyplot-gallery .fixed-height { min-height: 0; }
 """
-DEFAULT_PROMPT = "a small red circle at the top left on a blue background"
 
 
 def build_demo(manager, settings: Settings) -> gr.Blocks:
@@ -34,10 +33,10 @@ def build_demo(manager, settings: Settings) -> gr.Blocks:
         last_image = gr.State(None)  # path of the newest picture, for "use the last result"
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img", elem_id="tab-txt2img"):
-                txt2img = generate_tab.build("txt2img", manager, writer, DEFAULT_PROMPT, history, last_image)
+                txt2img = generate_tab.build("txt2img", manager, writer, history, last_image)
             with gr.Tab("Image to image", id="img2img", elem_id="tab-img2img"):
-                img2img = generate_tab.build("img2img", manager, writer, "a large blue square in the center",
-                                             history, last_image)
+                img2img = generate_tab.build("img2img", manager, writer, history, last_image,
+                                             prompt="a large blue square in the center")
             with gr.Tab("X/Y plot", id="xyplot", elem_id="tab-xyplot"):
                 xyplot = sweep_tab.build(manager, writer, history, last_image)
             with gr.Tab("Denoising viewer", id="viewer", elem_id="tab-viewer"):
@@ -57,9 +56,5 @@ def build_demo(manager, settings: Settings) -> gr.Blocks:
 
 
 def page_closed(request: gr.Request) -> None:
-    """A closed page stops its session's run after the step under way and forgets its Stop flags
-    (a run still going holds its own reference)."""
-    for stops in (generate_tab.stops, sweep_tab.stops):
-        flag = stops.pop(request.session_hash, None)
-        if flag is not None:
-            flag.set()
+    """A closed page stops its session's runs after the step under way."""
+    stops.stop(request.session_hash)

@@ -31,11 +31,11 @@ def known_event(scope, body) -> tuple[int, str] | None:
 
 
 def event_of(blocks, path: str, body: dict):
-    """The event a queue/join or /call/<api_name> request asks for, or None."""
+    """The event a queue/join or /call/[v2/]<api_name> request asks for, or None."""
     if isinstance(body.get("fn_index"), int):
         return blocks.fns.get(body["fn_index"])
     parts = path.rstrip("/").split("/")
-    if len(parts) >= 2 and parts[-2] == "call":
+    if "call" in parts[:-1]:  # /call/<api_name>, /call/v2/<api_name>
         return next((fn for fn in blocks.fns.values() if fn.api_name == parts[-1]), None)
     return None
 

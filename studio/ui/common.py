@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
+import contextlib
+import itertools
 import io
 import os
 import tempfile
@@ -23,10 +24,10 @@ from gradio.processing_utils import hash_bytes
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from studio import images, schedulers
+from studio import fields, images
 from studio.errors import GenerationCancelled, StudioError
-from studio.requests import (MAX_BATCH, MAX_BATCH_COUNT, MAX_GUIDANCE, MAX_SEED, MAX_STEPS, MIN_SIDE, SIZE_FACTOR,
-                             size_bound)
+from studio.manager import Step
+from studio.requests import SIZE_FACTOR, size_bound
 
 GPU = "gpu"  # every event that runs the model shares this concurrency_id
 PREVIEW_CHOICES = [("Off", "none"), ("Fast (linear)", "fast"), ("Full VAE", "full")]
@@ -205,26 +206,22 @@ def preview_choices(manager, with_off: bool = True) -> list[tuple[str, str]]:
     return choices if with_off else choices[1:]
 
 
-@dataclasses.dataclass
 class ParameterPanel:
-    prompt: gr.Textbox
-    negative_prompt: gr.Textbox
-    num_inference_steps: gr.Slider
-    guidance_scale: gr.Slider
-    width: gr.Slider
-    height: gr.Slider
-    scheduler: gr.Dropdown
-    num_images_per_prompt: gr.Slider
-    seed: gr.Number
-    preview: gr.Radio
+    """The controls of a request's fields (studio.fields.PANEL), by field name: `panel.seed`.
+    `inputs()` is what events bind by name (`inputs_kwargs`), so the API's parameters carry the
+    fields' names."""
 
-    def inputs(self) -> list:
-        """In GenerationRequest order, as event functions take them."""
-        return [self.prompt, self.negative_prompt, self.num_inference_steps, self.guidance_scale,
-                self.width, self.height, self.scheduler, self.num_images_per_prompt, self.seed,
-                self.preview]
+    def __init__(self, controls: dict, reuse_seed, batch_count):
+        self.controls, self.reuse_seed, self.batch_count = controls, reuse_seed, batch_count
 
+    def __getattr__(self, name: str):
+        try:
+            return self.__dict__["controls"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
+    def inputs(self) -> dict:
+        return dict(self.controls)
 
 
 class SizeSlider(gr.Slider):
@@ -247,43 +244,51 @@ def size_info(native_size: int, factor: float = SIZE_FACTOR) -> str:
     return f"up to {factor:g}x the {native_size}px it learned; larger repeats the subject"
 
 
-def parameter_panel(tab: str, native_size: int, default_prompt: str, size_factor: float = SIZE_FACTOR,
-                    previews: list[tuple[str, str]] | None = None, batch_count: bool = True) -> ParameterPanel:
-    """The prompt and sampling controls. With `batch_count`, also a "Batch count" slider
-    (`panel.batch_count`, not in `inputs()`: events that run batches add it themselves)."""
-    prompt = gr.Textbox(label="Prompt", value=default_prompt, lines=2, elem_id=f"{tab}-prompt")
-    negative = gr.Textbox(label="Negative prompt", lines=1, elem_id=f"{tab}-negative-prompt",
-                          placeholder="what the picture should not have")
-    with gr.Row():
-        steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", elem_id=f"{tab}-steps",
-                          info="denoising steps: more is slower, usually finer")
-        guidance = gr.Slider(0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance (CFG scale)",
-                             elem_id=f"{tab}-guidance", info="how strongly to follow the prompt")
-    with gr.Row():
-        bound, info = size_bound(native_size, size_factor), size_info(native_size, size_factor)
-        width = SizeSlider(MIN_SIDE, bound, value=native_size, step=8, label="Width", elem_id=f"{tab}-width", info=info)
-        height = SizeSlider(MIN_SIDE, bound, value=native_size, step=8, label="Height", elem_id=f"{tab}-height",
-                            info=info)
-    with gr.Row():
-        scheduler = gr.Dropdown(schedulers.NAMES, value=schedulers.DEFAULT, label="Sampler",
-                                elem_id=f"{tab}-scheduler",
-                                info=f"Default: the model's own · "
-                                     + " · ".join(f"{name}: {hint}" for name, hint in schedulers.HINTS.items()))
-        batch = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size", elem_id=f"{tab}-batch",
-                          info="pictures made together in one run")
-        count = (gr.Slider(1, MAX_BATCH_COUNT, value=1, step=1, label="Batch count", elem_id=f"{tab}-batch-count",
-                           info="runs one after another; seeds continue") if batch_count else None)
-    with gr.Row():
-        seed = WholeNumber(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)",
-                         elem_id=f"{tab}-seed")
-        random_seed = gr.Button("Random", size="sm", elem_id=f"{tab}-random-seed")
-        reuse_seed = gr.Button("Reuse last", size="sm", elem_id=f"{tab}-reuse-seed")
-    preview = gr.Radio(previews or PREVIEW_CHOICES, value="fast", label="Live preview", elem_id=f"{tab}-preview")
-    panel = ParameterPanel(prompt, negative, steps, guidance, width, height, scheduler, batch, seed, preview)
-    random_seed.click(random_seed_value, outputs=seed, api_visibility="private", queue=False)
-    panel.reuse_seed = reuse_seed
-    panel.batch_count = count
-    return panel
+def control(field: fields.Field, tab: str, **options):
+    """The Gradio control of one request field, its label, hint, range and value from the table."""
+    common = dict(label=field.label, elem_id=f"{tab}-{ELEM_IDS.get(field.name, field.name.replace('_', '-'))}")
+    value = options.pop("value", field.shown)
+    if field.name in ("prompt", "negative_prompt"):
+        return gr.Textbox(value=value, lines=2 if field.name == "prompt" else 1, placeholder=field.hint or None,
+                          **common, **options)
+    if field.choices and field.name == "preview":
+        return gr.Radio(options.pop("choices", None) or PREVIEW_CHOICES, value=value, **common, **options)
+    if field.choices:
+        return gr.Dropdown(list(field.choices), value=value, info=field.hint or None, **common, **options)
+    if field.kind is int and field.high >= fields.MAX_SEED:
+        return WholeNumber(value=value, precision=0, minimum=field.low, maximum=field.high, info=field.hint or None,
+                           **common, **options)
+    kind = options.pop("kind", gr.Slider)
+    low = field.low + field.step if field.low_open else field.low  # strength: its first step above 0
+    return kind(options.pop("minimum", low), options.pop("maximum", field.high), value=value, step=field.step,
+                info=options.pop("info", field.hint or None), **common, **options)
+
+
+ELEM_IDS = {"num_inference_steps": "steps", "guidance_scale": "guidance", "num_images_per_prompt": "batch"}
+
+
+def parameter_panel(tab: str, native_size: int, size_factor: float = SIZE_FACTOR,
+                    previews: list[tuple[str, str]] | None = None, batch_count: bool = True,
+                    prompt: str | None = None) -> ParameterPanel:
+    """The controls of studio.fields.PANEL, a row per the table's `row`. With `batch_count`, also a
+    "Batch count" slider (`panel.batch_count`, not in `inputs()`: events that run batches add it)."""
+    bound, size_hint = size_bound(native_size, size_factor), size_info(native_size, size_factor)
+    special = {"preview": dict(choices=previews), "prompt": {} if prompt is None else dict(value=prompt),
+               "width": dict(maximum=bound, value=native_size, info=size_hint, kind=SizeSlider),
+               "height": dict(maximum=bound, value=native_size, info=size_hint, kind=SizeSlider)}
+    controls, count, extras = {}, None, {}
+    for row, names in itertools.groupby(fields.PANEL, key=lambda name: fields.FIELD[name].row):
+        with gr.Row() if row else contextlib.nullcontext():
+            for name in names:
+                controls[name] = control(fields.FIELD[name], tab, **special.get(name, {}))
+                if name == "num_images_per_prompt" and batch_count:
+                    count = gr.Slider(1, fields.MAX_BATCH_COUNT, value=1, step=1, label="Batch count",
+                                      elem_id=f"{tab}-batch-count", info="runs one after another; seeds continue")
+                if name == "seed":
+                    extras["random"] = gr.Button("Random", size="sm", elem_id=f"{tab}-random-seed")
+                    extras["reuse"] = gr.Button("Reuse last", size="sm", elem_id=f"{tab}-reuse-seed")
+    extras["random"].click(random_seed_value, outputs=controls["seed"], api_visibility="private", queue=False)
+    return ParameterPanel(controls, extras["reuse"], count)
 
 
 def random_seed_value() -> int:
@@ -307,16 +312,16 @@ def run_stream(stream, progress: gr.Progress, label: str = ""):
     started = time.perf_counter()
     try:
         for event in stream:
-            if event[0] == "step":
-                _, step, total, previews, note = event
+            if isinstance(event, Step):
+                step, total = event.number, event.total
                 progress((step, total), desc=f"{label}step {step}/{total}")
                 rate = step / max(time.perf_counter() - started, 1e-9)
-                status = f"{label}step {step} of {total} · {rate:.1f} steps/s" + (f" · {note}" if note else "")
-                yield Update(picture=previews[0] if previews else None, status=status, step=True)
+                status = f"{label}step {step} of {total} · {rate:.1f} steps/s" + (f" · {event.note}" if event.note else "")
+                yield Update(picture=event.previews[0] if event.previews else None, status=status, step=True)
             else:
-                for warning in event[1].warnings:
+                for warning in event.result.warnings:
                     gr.Warning(warning)
-                yield Update(result=event[1])
+                yield Update(result=event.result)
     except GenerationCancelled as exc:
         gr.Info(str(exc))
         yield Update(status=f"**{label}{exc}**")

@@ -7,31 +7,26 @@ it through the manager, and show previews, the gallery and the seeds.
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import gradio as gr
 
+from studio import fields
 from studio.errors import StudioError
-from studio.requests import GenerationRequest, batches
-from studio.ui import common
+from studio.requests import GenerationRequest, batches, steps_to_run
+from studio.ui import common, stops
 from studio.outputs import OutputWriter
 
 
 def strength_note(steps, strength) -> str:
-    request = GenerationRequest(num_inference_steps=int(steps), strength=float(strength), image=object())
-    run = request.steps_to_run()
+    run = steps_to_run(int(steps), float(strength))
     if run < 1:
         return f"⚠️ int({int(steps)} × {strength:g}) = 0: no step would run. Raise the strength or the steps."
     return (f"**{run} of {int(steps)} steps will run**: the picture is noised to step "
             f"{int(steps) - run} and denoised from there. Low strength keeps more of it.")
 
 
-# Stop flags by Gradio session: a session's Stop reaches only its own run.
-stops: dict[str, threading.Event] = {}
-
-
-def build(mode: str, manager, writer: OutputWriter, default_prompt: str, history: gr.State,
-          last_image: gr.State) -> dict:
+def build(mode: str, manager, writer: OutputWriter, history: gr.State, last_image: gr.State,
+          prompt: str | None = None) -> dict:
     """Lay out one generation tab; returns its components by name for other tabs to use.
 
     Each finished run (each batch of a batch count) joins the session's `history`
@@ -44,14 +39,14 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, history
                 image = common.PictureUpload(label="Starting picture", type="filepath", image_mode=None,
                                  sources=["upload", "clipboard"], elem_id="img2img-image", height=256,
                                  elem_classes="studio-picture")
-                strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Strength (denoising strength)",
-                                     elem_id="img2img-strength")
-                steps_note = gr.Markdown(strength_note(20, 0.75), elem_id="img2img-steps-note")
+                strength = common.control(fields.FIELD["strength"], tab)
+                steps_note = gr.Markdown(strength_note(fields.FIELD["num_inference_steps"].default, strength.value),
+                                         elem_id="img2img-steps-note")
                 start_picture = gr.Image(label="Where the run starts: the picture noised by this strength",
                                          interactive=False, elem_classes="studio-picture", format="png", height=160,
                                          elem_id="img2img-start-preview")
-            panel = common.parameter_panel(tab, manager.info.native_size, default_prompt, manager.settings.size_factor,
-                                           common.preview_choices(manager))
+            panel = common.parameter_panel(tab, manager.info.native_size, manager.settings.size_factor,
+                                           common.preview_choices(manager), prompt=prompt)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id=f"{tab}-stop", interactive=False)
@@ -63,55 +58,27 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, history
             info = gr.Markdown(elem_id=f"{tab}-info")
     last_seed = gr.State(-1)
 
-    async def run(request: gr.Request, session, *values, progress=gr.Progress()):
-        stop_flag = stops.setdefault(request.session_hash, threading.Event())
-        stop_flag.clear()
-        *values, count = values
-        gone = common.client_gone(request)
+    async def run(session, request: gr.Request, progress=gr.Progress(), batch_count=1, **values):
         try:
-            plan = batches(request_from(mode, values), count)
+            plan = batches(request_from(mode, values), batch_count)
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
-        finals, shown = [], []
-        for k, generation in enumerate(plan):
-            label = f"batch {k + 1}/{len(plan)} · " if len(plan) > 1 else ""
-            final = None
-            # Steps are awaited, not yielded: the event yields only a preview picture, as messages
-            # to the browser cost milliseconds each (benchmarks/RESULTS.md, section 4).
-            async for update in common.stream_steps(manager.stream(generation, stop_flag), progress,
-                                                    stop_flag, label, gone):
-                if update.result is not None:
-                    final = update.result
-                else:  # a step's preview and status line, or "Stopped at step k of N."
-                    lines = [common.describe_result(f) for f in finals] + [update.status]
-                    yield (gr.skip() if update.picture is None else common.picture_file(update.picture), gr.skip(),
-                           "  \n".join(lines), *[gr.skip()] * 3)
-            if final is None:  # stopped: the batches done so far stay
-                break
-            paths = await asyncio.to_thread(writer.write, final)
-            finals.append(final)
-            shown += [common.served(path) for path in paths]  # never the guessable --outputs names
-            session = session.add_run(final, paths)
-            # each batch shows as soon as it is done, with the ones before it
-            yield (gr.skip(), shown, "  \n".join(common.describe_result(f) for f in finals), finals[0].seeds[0],
-                   session, shown[0])
+        with stops.run_flag(request.session_hash) as stop_flag:
+            async for shown in run_plan(manager, writer, plan, session, stop_flag, progress,
+                                        common.client_gone(request)):
+                yield shown
 
-    inputs = ([history] + panel.inputs() + ([image, strength] if mode == "img2img" else [])
-              + [panel.batch_count])  # last, so API callers may leave it out (default 1)
+    # by name: the API's parameters are the request's fields (prompt, num_inference_steps, ...)
+    named = {**panel.inputs(), **({"image": image, "strength": strength} if mode == "img2img" else {}),
+             "batch_count": panel.batch_count}
     # Generate first clears the last run's picture and seed line and swaps the buttons, so a
     # second press cannot be lost silently and Stop is there only while something runs.
     running = generate.click(clear_for_run, outputs=[generate, stop, preview, gallery, info],
                              api_visibility="private", queue=False).then(
-        run, inputs=inputs, outputs=[preview, gallery, info, last_seed, history, last_image],
+        run, inputs=[history], inputs_kwargs=named, outputs=[preview, gallery, info, last_seed, history, last_image],
         api_name=tab, concurrency_id=common.GPU, concurrency_limit=1)
     running.success(open_first, outputs=gallery, api_visibility="private", queue=False)
     running.then(common.idle_buttons, outputs=[generate, stop], api_visibility="private", queue=False)
-    def stop_run(request: gr.Request) -> None:
-        """Stop this session's run at its next step; the run then ends normally and says so.
-        (Gradio's own `cancels=` would close the generator mid-stream, which its front end
-        sometimes shows as "Error".)"""
-        stops.setdefault(request.session_hash, threading.Event()).set()
-
     stop.click(stop_run, api_name=f"stop_{tab}", queue=False)  # API clients: stops this session's run
     panel.reuse_seed.click(reuse, inputs=last_seed, outputs=panel.seed, api_visibility="private", queue=False)
     if mode == "img2img":
@@ -135,6 +102,41 @@ def build(mode: str, manager, writer: OutputWriter, default_prompt: str, history
             "preview": preview, "generate": generate}
 
 
+async def run_plan(manager, writer: OutputWriter, plan: list, session, stop_flag, progress, gone):
+    """Run a batch count's requests one after another; yield the tab's outputs (preview, gallery,
+    info, last seed, history, last picture) as steps and batches come. Stopped: the batches done
+    so far stay. Steps are awaited, not yielded: the event yields only a preview picture, as
+    messages to the browser cost milliseconds each (benchmarks/RESULTS.md, section 4)."""
+    finals, shown = [], []
+    for k, generation in enumerate(plan):
+        label = f"batch {k + 1}/{len(plan)} · " if len(plan) > 1 else ""
+        final = None
+        async for update in common.stream_steps(manager.stream(generation, stop_flag), progress, stop_flag,
+                                                label, gone):
+            if update.result is not None:
+                final = update.result
+            else:  # a step's preview and status line, or "Stopped at step k of N."
+                lines = [common.describe_result(f) for f in finals] + [update.status]
+                yield (gr.skip() if update.picture is None else common.picture_file(update.picture), gr.skip(),
+                       "  \n".join(lines), *[gr.skip()] * 3)
+        if final is None:
+            break
+        paths = await asyncio.to_thread(writer.write, final)
+        finals.append(final)
+        shown += [common.served(path) for path in paths]  # never the guessable --outputs names
+        session = session.add_run(final, paths)
+        # each batch shows as soon as it is done, with the ones before it
+        yield (gr.skip(), shown, "  \n".join(common.describe_result(f) for f in finals), finals[0].seeds[0],
+               session, shown[0])
+
+
+def stop_run(request: gr.Request) -> None:
+    """Stop this session's run at its next step; the run then ends normally and says so.
+    (Gradio's own `cancels=` would close the generator mid-stream, which its front end
+    sometimes shows as "Error".)"""
+    stops.stop(request.session_hash)
+
+
 def clear_for_run():
     """The buttons of a running tab, and no picture or seed line of the run before."""
     return *common.running_buttons(), None, None, "Starting…"
@@ -150,16 +152,9 @@ def reuse(seed: int) -> int:
     return seed
 
 
-def request_from(mode: str, values: tuple) -> GenerationRequest:
-    (prompt, negative_prompt, steps, guidance, width, height, scheduler, batch, seed, preview,
-     *rest) = values
-    request = GenerationRequest(
-        prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps,
-        guidance_scale=guidance, width=width, height=height, scheduler=scheduler,
-        num_images_per_prompt=batch, seed=-1 if seed is None else seed, preview=preview or "none")
-    if mode == "img2img":
-        image, strength = rest
-        if image is None:
-            raise gr.Error("image: upload a starting picture first.")
-        request.image, request.strength = image, strength
-    return request
+def request_from(mode: str, values: dict) -> GenerationRequest:
+    """The request of a tab's controls, given by field name."""
+    if mode == "img2img" and values.get("image") is None:
+        raise gr.Error("image: upload a starting picture first.")
+    seed = -1 if values.get("seed") is None else values["seed"]
+    return GenerationRequest(**{**values, "seed": seed, "preview": values.get("preview") or "none"})

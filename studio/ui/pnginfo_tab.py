@@ -14,12 +14,12 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from studio import metadata
+from studio.fields import PANEL
 from studio.requests import MAX_SIDE
 from studio.ui import common
 
 # The parameter panel's controls that a PNG fills, by their GenerationRequest names.
-SENT_FIELDS = ["prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "width", "height",
-               "scheduler", "num_images_per_prompt", "seed"]
+SENT_FIELDS = [name for name in PANEL if name != "preview"]  # a PNG's fields that the tabs have controls for
 HEADERS = ["Field", "Value"]
 
 
@@ -66,7 +66,7 @@ def fill(path, target: str, with_picture: bool, max_side: int = MAX_SIDE) -> lis
                      f"takes here (up to {max_side} a side): the size was kept.")
     for note in notes:
         gr.Warning(note)
-    if "clip_skip" in fields:
+    if fields.get("clip_skip") is not None:
         gr.Warning(f"Clip skip: {fields['clip_skip']} has no control in this UI (the CLI has --clip-skip); "
                    "runs from here use the model's own text encoder output.")
     values = [fields.get(name, gr.skip()) for name in SENT_FIELDS]
@@ -97,8 +97,8 @@ def build(manager, txt2img: dict, img2img: dict, tabs: gr.Tabs) -> dict:
             notes = gr.Markdown(elem_id="pnginfo-notes")
             text = gr.Textbox(label="Parameters text", lines=4, interactive=False, elem_id="pnginfo-text")
 
-    def read(path):
-        return png_info(path, manager)
+    def read(picture):  # the API's parameter name
+        return png_info(picture, manager)
 
     def send_txt2img(path):
         return fill(path, "txt2img", with_picture=False, max_side=txt2img["panel"].width.maximum)

@@ -6,16 +6,13 @@ grid and the single images. Stop reaches only this session's plot, between or in
 """
 from __future__ import annotations
 
-import threading
-
 import gradio as gr
 
-from studio import schedulers, sweeps
+from studio import fields, schedulers, sweeps
 from studio.errors import GenerationCancelled, StudioError
 from studio.outputs import OutputWriter
-from studio.ui import common, generate_tab
+from studio.ui import common, generate_tab, stops
 
-DEFAULT_PROMPT = "a small red circle at the top left on a blue background"
 DEFAULT_SAMPLERS = ["Euler", "Euler a", "DDIM", "DPM++ 2M Karras"]  # the sampler axis's first pick
 AXIS_CHOICES = [(label, kind) for kind, label in sweeps.KINDS.items()]
 EXAMPLES = {  # what the values box suggests for each parameter
@@ -36,17 +33,32 @@ DEFAULT_VALUES = {  # what the values box holds when its parameter is picked (th
     "strength": "0.3-0.9 (+0.3)",
     sweeps.PROMPT_SR: "red, green, yellow",
 }
-# Stop flags by Gradio session, apart from the generation tabs' flags.
-stops: dict[str, threading.Event] = {}
+
+
+def reporter(progress, stop_flag, gone):
+    """run_sweep's on_progress: Gradio's progress bar, and a client that went away stops the plot."""
+    def report(cell, cells, step, steps):
+        if gone():  # no more steps, no more cells
+            stop_flag.set()
+        progress((cell * max(steps, 1) + step, cells * max(steps, 1)),
+                 desc=f"cell {cell + 1} of {cells} · step {step}/{steps}")
+
+    return report
 
 
 def axis_hint(kind: str):
     """A new parameter gets values of its own kind (guidance's "1, 4, 7.5, 12" is no sampler list).
     Samplers are picked from a list instead of typed: the text box gives way to it."""
-    picked = kind == "scheduler"
-    text = gr.update(placeholder=EXAMPLES.get(kind, ""), value="" if picked else DEFAULT_VALUES.get(kind, ""),
+    picked, spread = kind == "scheduler", spread_values(kind)
+    text = gr.update(placeholder=EXAMPLES.get(kind, spread), value="" if picked else DEFAULT_VALUES.get(kind, spread),
                      interactive=kind != sweeps.NOTHING, visible=not picked)
     return text, gr.update(visible=picked, value=DEFAULT_SAMPLERS)
+
+
+def spread_values(kind: str) -> str:
+    """Five values over a numeric field's range ("0-1 [5]"), for an axis with no example of its own."""
+    field = fields.FIELD.get(kind)
+    return f"{field.low:g}-{field.high:g} [5]" if field is not None and field.kind in (int, float) else ""
 
 
 def axis_text(kind: str, text: str, samplers) -> str:
@@ -95,14 +107,13 @@ def build(manager, writer: OutputWriter, history: gr.State, last_image: gr.State
             with gr.Row():
                 generate = gr.Button("Generate plot", variant="primary", elem_id="xyplot-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="xyplot-stop", interactive=False)
-            panel = common.parameter_panel("xyplot", manager.info.native_size, DEFAULT_PROMPT,
+            panel = common.parameter_panel("xyplot", manager.info.native_size,
                                            manager.settings.size_factor, batch_count=False)
             panel.preview.visible = False  # a plot shows no live preview; its runs decode none
             with gr.Accordion("Starting picture (image to image; a strength axis needs one)", open=False):
                 image = common.PictureUpload(label="Starting picture", type="filepath", image_mode=None,
                                  sources=["upload", "clipboard"], elem_id="xyplot-image", height=200)
-                strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Strength (denoising strength)",
-                                     elem_id="xyplot-strength")
+                strength = common.control(fields.FIELD["strength"], "xyplot")
         with gr.Column(scale=6):
             # not "studio-picture": the tiles are already enlarged crisply, and the labels are text
             grid = gr.Image(label="X/Y plot", interactive=False, format="png", type="filepath",
@@ -112,26 +123,16 @@ def build(manager, writer: OutputWriter, history: gr.State, last_image: gr.State
                                  elem_id="xyplot-gallery", interactive=False, object_fit="contain")
     last_seed = gr.State(-1)
 
-    def run(request: gr.Request, session, *values, progress=gr.Progress()):
-        *panel_values, picture, strength_, x_kind, x_text, y_kind, y_text, x_picked, y_picked = values
-        stop_flag = stops.setdefault(request.session_hash, threading.Event())
-        stop_flag.clear()
-        gone = common.client_gone(request)
-
-        def report(cell, cells, step, steps):
-            if gone():  # its client went away: no more steps, no more cells
-                stop_flag.set()
-            progress((cell * max(steps, 1) + step, cells * max(steps, 1)),
-                     desc=f"cell {cell + 1} of {cells} · step {step}/{steps}")
-
+    def run(session, request: gr.Request, progress=gr.Progress(), image=None, strength=None, x_type=sweeps.NOTHING,
+            x_values="", y_type=sweeps.NOTHING, y_values="", x_samplers=None, y_samplers=None, **values):
         try:
-            base = generate_tab.request_from("txt2img", tuple(panel_values))
-            base.preview = "none"
-            if picture is not None:
-                base.image, base.strength = picture, strength_
-            plan = sweeps.plan_sweep(base, sweeps.parse_axis("X", x_kind, axis_text(x_kind, x_text, x_picked)),
-                                     sweeps.parse_axis("Y", y_kind, axis_text(y_kind, y_text, y_picked)))
-            sweep = sweeps.run_sweep(manager, plan, writer=writer, on_progress=report, cancel=stop_flag)
+            picture = {} if image is None else {"image": image, "strength": strength}
+            base = generate_tab.request_from("txt2img", {**values, **picture, "preview": "none"})
+            plan = sweeps.plan_sweep(base, sweeps.parse_axis("X", x_type, axis_text(x_type, x_values, x_samplers)),
+                                     sweeps.parse_axis("Y", y_type, axis_text(y_type, y_values, y_samplers)))
+            with stops.run_flag(request.session_hash) as stop_flag:
+                sweep = sweeps.run_sweep(manager, plan, writer=writer, cancel=stop_flag,
+                                         on_progress=reporter(progress, stop_flag, common.client_gone(request)))
         except GenerationCancelled as exc:
             gr.Info(str(exc))
             return gr.skip(), gr.skip(), str(exc), *[gr.skip()] * 3
@@ -146,22 +147,19 @@ def build(manager, writer: OutputWriter, history: gr.State, last_image: gr.State
         return (common.served(sweep.grid_path), singles, describe_sweep(sweep), session, singles[-1][0],
                 plan.base.seed)
 
-    def stop_run(request: gr.Request) -> None:
-        """Stop this session's plot: the running cell at its next step, and no further cells."""
-        stops.setdefault(request.session_hash, threading.Event()).set()
-
-    # the pick lists last, so API callers may leave them out and give samplers as text
-    inputs = [history, *panel.inputs(), image, strength, x_type, x_values, y_type, y_values, x_samplers, y_samplers]
+    # by name; API callers may leave the pick lists out and give samplers as text
+    named = {**panel.inputs(), "image": image, "strength": strength, "x_type": x_type, "x_values": x_values,
+             "y_type": y_type, "y_values": y_values, "x_samplers": x_samplers, "y_samplers": y_samplers}
     running = generate.click(common.running_buttons, outputs=[generate, stop], api_visibility="private",
                              queue=False).then(
-        run, inputs=inputs, outputs=[grid, gallery, info, history, last_image, last_seed],
+        run, inputs=[history], inputs_kwargs=named, outputs=[grid, gallery, info, history, last_image, last_seed],
         api_name="xy_plot", concurrency_id=common.GPU, concurrency_limit=1)
     running.then(common.idle_buttons, outputs=[generate, stop], api_visibility="private", queue=False)
-    stop.click(stop_run, api_visibility="private", queue=False)
+    stop.click(generate_tab.stop_run, api_visibility="private", queue=False)
     panel.reuse_seed.click(generate_tab.reuse, inputs=last_seed, outputs=panel.seed, api_visibility="private",
                            queue=False)
     for kind, box, picker in ((x_type, x_values, x_samplers), (y_type, y_values, y_samplers)):
         kind.change(axis_hint, inputs=kind, outputs=[box, picker], api_visibility="private", queue=False)
     return {"panel": panel, "image": image, "strength": strength, "x_type": x_type, "x_values": x_values,
             "y_type": y_type, "y_values": y_values, "x_samplers": x_samplers, "y_samplers": y_samplers, "grid": grid, "gallery": gallery, "info": info,
-            "generate": generate, "run": run, "inputs": inputs}
+            "generate": generate, "run": run}

@@ -7,6 +7,7 @@ decoders; this module only lays out and wires events.
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 import weakref
 from collections import OrderedDict
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio import export
+from studio import export, runs
 from studio.errors import StudioError
 from studio.history import SessionHistory
 from studio.ui import common
@@ -74,7 +75,7 @@ def step_picture(manager, trajectory, index: int, which: str, decoder: str) -> s
         return known[1]
     latents = getattr(trajectory.steps[index], which)[:1]
     try:
-        path = common.picture_file(manager.previews.decode(manager.loaded, latents, decoder)[0])
+        path = common.picture_file(manager.decode(latents, decoder)[0])
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     decoded[key] = (weakref.ref(trajectory), path)
@@ -130,6 +131,26 @@ def export_run(manager, history, choice, decoder, root: Path):
     return common.served(gif), common.served(sheet)
 
 
+def open_saved(manager, history: SessionHistory, files, root: Path) -> SessionHistory:
+    """A run saved by `--trajectory DIR` (its run.json and run.safetensors, and its pictures if
+    given), added to the session's history as a run of its own, so the viewer shows it."""
+    names = sorted(Path(f).name for f in files or [])
+    if not {runs.DESCRIPTION, runs.TENSORS} <= set(names):
+        raise gr.Error(f"files={names!r}: upload the {runs.DESCRIPTION} and {runs.TENSORS} of a run "
+                       "(the folder --trajectory DIR wrote; add its picture-*.png to see them in History).")
+    opened = Path(root) / "opened-runs"
+    opened.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{datetime.now():%Y-%m-%d-%H%M%S}-", dir=opened))
+    for path in files:
+        shutil.copyfile(path, folder / Path(path).name)
+    try:
+        result = runs.load(folder)
+        manager.check_same_model(result)
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    return history.add_run(result, [str(p) for p in sorted(folder.glob("picture-*.png"))])
+
+
 def history_choices(history: SessionHistory):
     runs = history.runs()
     choices = [(run_label(run.number, run.result), i) for i, run in enumerate(runs)]
@@ -145,6 +166,10 @@ def build(manager, history: gr.State, last_image: gr.State, root: Path) -> dict:
                              allow_custom_value=True)  # API callers pass a run index; pick() checks it
         decoder = gr.Radio(common.preview_choices(manager, with_off=False), value="fast", label="Decoder", elem_id="viewer-decoder", scale=2)
         load = gr.Button("Show last run", elem_id="viewer-load", scale=1)
+    with gr.Accordion("Open a saved run (the run.json and run.safetensors that --trajectory DIR writes)",
+                      open=False):
+        saved = gr.File(label="Saved run files", file_count="multiple", type="filepath",
+                        file_types=[".json", ".safetensors", ".png"], elem_id="viewer-saved-run")
     step = gr.Slider(1, 20, value=20, step=1, label="Step", elem_id="viewer-step")
     caption = gr.Markdown(elem_id="viewer-caption")
     with gr.Row():
@@ -172,12 +197,20 @@ def build(manager, history: gr.State, last_image: gr.State, root: Path) -> dict:
         return export_run(manager, history_, choice_, decoder_, root)
 
     def do_redecode(history_, choice_, step_, decoder_):
+        if not history_.runs():  # a decoder picked before any run: nothing to decode yet
+            return (gr.skip(),) * 5
         return redecode(manager, history_, choice_, step_, decoder_)
+
+    def do_open(history_, files):
+        return open_saved(manager, history_, files, root)
 
     shown = [step, noisy, clean, caption, chart, strip]
     gpu = dict(concurrency_id=common.GPU, concurrency_limit=1)
     history.change(history_choices, inputs=history, outputs=choice, api_visibility="private", queue=False)
     load.click(do_load, inputs=[history, choice, decoder], outputs=shown, api_name="viewer_load", **gpu)
+    saved.upload(do_open, inputs=[history, saved], outputs=history, api_name="viewer_open_run").success(
+        lambda history_, decoder_: load_run(manager, history_, None, decoder_), inputs=[history, decoder],
+        outputs=shown, api_visibility="private", **gpu)
     choice.input(do_load, inputs=[history, choice, decoder], outputs=shown, api_visibility="private", **gpu)
     step.change(do_step, inputs=[history, choice, step, decoder], outputs=[noisy, clean, caption, chart],
                 api_name="viewer_step", show_progress="hidden", **gpu)
@@ -200,11 +233,11 @@ def forward_section(manager, last_image: gr.State) -> None:
         noised = gr.Image(label="Noised to t", interactive=False, elem_classes="studio-picture", format="png", elem_id="forward-noised", height=200)
         info = gr.Markdown(elem_id="forward-info")
 
-    def noise_to(image, t):
+    def noise_to(image, timestep):
         if image is None:
             raise gr.Error("image: choose a picture, or use the last result.")
         try:
-            out = manager.forward_process(image, timestep=t)
+            out = manager.forward_process(image, timestep=timestep)
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
         return common.picture_file(out.picture), f"t = {out.timestep:.0f} · σ = {out.sigma:.3f}"

@@ -1,0 +1,152 @@
+"""The fields of a generation request: one table, the one home of each field's facts, and the
+GenerationRequest made of them.
+
+Each Field has diffusers' own name, its type, default, range and step, its label and hint, its
+AUTOMATIC1111 infotext key, its command-line flag and, if the X/Y plot can sweep it, its axis
+label. From this table come `requests.check_inputs`, the UI's controls and the API's named
+parameters, the CLI's flags, the PNG "parameters" writer and reader, and the X/Y axes. A new
+field is a row here, plus whatever the manager does with it. This module imports nothing of the
+studio but the sampler names, and nothing of Gradio or torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from PIL import Image
+
+from studio import schedulers
+from studio.config import PREVIEWS
+
+MAX_STEPS = 150
+MIN_SIDE, MAX_SIDE = 64, 2048
+MAX_GUIDANCE = 30.0
+MAX_BATCH = 8
+MAX_BATCH_COUNT = 16  # batches run one after another (A1111's "batch count")
+MAX_SEED = 2**32 - 1
+MAX_CLIP_SKIP = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    name: str                      # GenerationRequest's attribute: diffusers' argument name
+    kind: type                     # int, float or str
+    default: object
+    label: str
+    hint: str = ""
+    low: float | None = None       # numbers: the range, both ends allowed unless low_open
+    high: float | None = None
+    step: float | None = None      # the UI's slider step
+    low_open: bool = False
+    optional: bool = False         # None is allowed (and means: the model decides)
+    choices: tuple = ()            # str fields with a fixed set of values
+    infotext: str | None = None    # A1111's key in the PNG's parameters text
+    flag: str | None = None        # the command line's flag; None: not on the command line
+    axis: str | None = None        # the X/Y plot's label for it, if it can be swept
+    img2img: bool = False          # only an image-to-image request has it
+    multiple_of: int = 1
+    row: str = ""                  # the UI lays fields of one row side by side
+    ui_default: object = None      # the UI's value where it differs from the request's (not None)
+
+    @property
+    def shown(self):
+        return self.default if self.ui_default is None else self.ui_default
+
+    @property
+    def expected(self) -> str:
+        """What a bad value is told it should be, as check_inputs and PNG info say it."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.kind is int:
+            return f"a whole number from {self.low:g} to {self.high:g}"
+        return f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("prompt", str, "", "Prompt", flag="--prompt",
+          ui_default="a small red circle at the top left on a blue background"),  # the bundled model draws it
+    Field("negative_prompt", str, "", "Negative prompt", "what the picture should not have",
+          flag="--negative-prompt"),
+    Field("num_inference_steps", int, 20, "Steps", "denoising steps: more is slower, usually finer",
+          1, MAX_STEPS, 1, infotext="Steps", flag="--steps", axis="Steps", row="sampling"),
+    Field("guidance_scale", float, 7.5, "Guidance (CFG scale)", "how strongly to follow the prompt",
+          0.0, MAX_GUIDANCE, 0.5, infotext="CFG scale", flag="--guidance-scale", axis="CFG scale", row="sampling"),
+    Field("width", int, None, "Width", "default: the model's native size", MIN_SIDE, MAX_SIDE, 8, optional=True,
+          multiple_of=8, flag="--width", row="size"),
+    Field("height", int, None, "Height", "default: the model's native size", MIN_SIDE, MAX_SIDE, 8, optional=True,
+          multiple_of=8, flag="--height", row="size"),
+    Field("scheduler", str, schedulers.DEFAULT, "Sampler",
+          "Default: the model's own · " + " · ".join(f"{n}: {h}" for n, h in schedulers.HINTS.items()),
+          choices=tuple(schedulers.NAMES), infotext="Sampler", flag="--scheduler", axis="Sampler", row="batch"),
+    Field("num_images_per_prompt", int, 1, "Batch size", "pictures made together in one run",
+          1, MAX_BATCH, 1, infotext="Batch size", flag="--batch", row="batch"),
+    Field("seed", int, -1, "Seed (-1: random)", "", -1, MAX_SEED, 1, infotext="Seed", flag="--seed",
+          axis="Seed", row="seed"),
+    Field("subseed", int, -1, "Variation seed", "a second noise, mixed in by the variation strength; -1: random",
+          -1, MAX_SEED, 1, infotext="Variation seed", flag="--subseed", row="variation"),
+    Field("subseed_strength", float, 0.0, "Variation strength", "0: the seed's picture, 1: the variation seed's",
+          0.0, 1.0, 0.01, infotext="Variation seed strength", flag="--subseed-strength", axis="Var. strength",
+          row="variation"),
+    Field("clip_skip", int, None, "Clip skip", "", 1, MAX_CLIP_SKIP, 1, optional=True, infotext="Clip skip",
+          flag="--clip-skip"),
+    Field("strength", float, 0.75, "Strength (denoising strength)", "img2img: how much to change it",
+          0.0, 1.0, 0.01, low_open=True, infotext="Denoising strength", flag="--strength",
+          axis="Denoising strength", img2img=True),
+    Field("preview", str, "none", "Live preview", "decoder for step previews", choices=tuple(PREVIEWS),
+          flag="--preview", ui_default="fast"),
+    Field("preview_every", int, 1, "Preview every", "", 1, MAX_STEPS, 1),
+)
+FIELD = {f.name: f for f in FIELDS}
+# The fields a generation tab shows and the API takes, in the order the panel lays them out
+PANEL = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "width", "height",
+         "scheduler", "num_images_per_prompt", "seed", "subseed", "subseed_strength", "preview")
+BY_INFOTEXT = {f.infotext: f for f in FIELDS if f.infotext}
+AXES = {f.name: f.axis for f in FIELDS if f.axis}
+
+
+def steps_to_run(num_inference_steps: int, strength: float | None = None) -> int:
+    """The denoising steps a run takes: img2img (a strength) skips the first (1 - strength), as
+    diffusers' img2img pipelines count them. The one home of this count."""
+    if strength is None:
+        return num_inference_steps
+    return min(int(num_inference_steps * strength), num_inference_steps)
+
+
+def default(name: str):
+    return dataclasses.field(default=FIELD[name].default)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    """What one run asks for: a field of the table each (its default, range and names there),
+    and the img2img picture."""
+    prompt: str = default("prompt")
+    negative_prompt: str = default("negative_prompt")
+    num_inference_steps: int = default("num_inference_steps")
+    guidance_scale: float = default("guidance_scale")
+    width: int | None = default("width")            # None: the model's native size
+    height: int | None = default("height")
+    seed: int = default("seed")                     # -1: random
+    subseed: int = default("subseed")               # A1111's variation seed, -1: random
+    subseed_strength: float = default("subseed_strength")
+    num_images_per_prompt: int = default("num_images_per_prompt")
+    scheduler: str = default("scheduler")
+    clip_skip: int | None = default("clip_skip")
+    image: Image.Image | None = None                # set for img2img
+    strength: float = default("strength")
+    preview: str = default("preview")
+    preview_every: int = default("preview_every")
+
+    @property
+    def is_img2img(self) -> bool:
+        return self.image is not None
+
+    def steps_to_run(self) -> int:
+        return steps_to_run(self.num_inference_steps, self.strength if self.is_img2img else None)
+
+    def parameters(self) -> dict:
+        """The request as plain values (no image), for metadata and history."""
+        values = dataclasses.asdict(dataclasses.replace(self, image=None))
+        values.pop("image")
+        if not self.is_img2img:
+            values.pop("strength")
+        return values
