@@ -21,173 +21,31 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import dataclasses
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from benchmarks.measure import percentile
-from studio.config import DEFAULT_MODEL, REPO_ROOT
+from benchmarks.appserver import Server, cache_files, no_save_folder, oldest_file, running_app
+from benchmarks.calls import COLOURS, SHAPES, Call, pictures, pixels, plan, references, start_image
+from studio.config import REPO_ROOT
 
-SAMPLERS = ["Default", "Euler a", "DPM++ 2M", "DDIM", "UniPC", "Euler", "Heun", "DPM++ 2M Karras"]
-SHAPES = ["circle", "square", "triangle"]
-COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
-SERVER_START_TIMEOUT = 300
 REQUEST_TIMEOUT = 600
 RSS_GROWTH_LIMIT = 0.05
 
 
-@dataclasses.dataclass(frozen=True)
-class Call:
-    client: int
-    index: int
-    kind: str                 # txt2img, img2img or viewer
-    prompt: str = ""
-    seed: int = 0
-    scheduler: str = "Default"
-    steps: int = 8
-    strength: float = 0.75
-
-    def arguments(self, start_image: str | None) -> dict:
-        """The API call's inputs, by field name: the same request `request` builds."""
-        from gradio_client import handle_file
-
-        from studio import fields
-
-        request = self.request(start_image)
-        named = {name: getattr(request, name) for name in fields.PANEL}
-        return named | ({"image": handle_file(start_image), "strength": self.strength} if self.kind == "img2img" else {})
-
-    def request(self, start_image: str | None):
-        from studio.requests import GenerationRequest
-
-        return GenerationRequest(prompt=self.prompt, num_inference_steps=self.steps, guidance_scale=7.5,
-                                 width=64, height=64, scheduler=self.scheduler, seed=self.seed,
-                                 image=start_image if self.kind == "img2img" else None, strength=self.strength)
-
-
-def plan(clients: int, requests: int, steps: int) -> list[list[Call]]:
-    """Each session: its own sampler; txt2img, img2img and viewer calls in turn; unique seeds."""
-    sessions = []
-    for c in range(clients):
-        calls = []
-        for j in range(requests):
-            kind = ("txt2img", "img2img", "viewer")[j % 3]
-            prompt = f"a {COLOURS[(c + j) % len(COLOURS)]} {SHAPES[j % len(SHAPES)]} on a white background"
-            calls.append(Call(c, j, kind, prompt, seed=1000 * c + j, scheduler=SAMPLERS[c % len(SAMPLERS)],
-                              steps=steps))
-        sessions.append(calls)
-    return sessions
-
-
-def start_image(folder: Path, client: int) -> str:
-    """Each session's own img2img starting picture."""
-    path = folder / f"start-{client}.png"
-    picture = Image.new("RGB", (64, 64), COLOURS[client % len(COLOURS)])
-    picture.paste((255, 255, 255), (16, 16, 48, 48))
-    picture.save(path)
-    return str(path)
-
-
 # ---------------------------------------------------------------- the server
-
-@dataclasses.dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    cache: Path
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_app(workdir: Path, max_queue: int, cache_max_age: int, threads: int):
-    """`python app.py` with the bundled model on 127.0.0.1, its own Gradio cache; stopped after."""
-    port, cache = free_port(), workdir / "gradio-cache"
-    log = open(workdir / "server.log", "w")
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "OMP_NUM_THREADS": str(threads)}
-    env.pop("SPACE_ID", None)
-    command = [sys.executable, "app.py", "--model", DEFAULT_MODEL, "--host", "127.0.0.1", "--port", str(port),
-               "--no-save", "--max-queue", str(max_queue), "--cache-max-age", str(cache_max_age)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        wait_until_serving(url, process)
-        yield Server(url, process, cache)
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
-def wait_until_serving(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited with status {process.returncode}; see server.log")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=5) as page:
-                if page.status == 200:
-                    return
-        time.sleep(0.5)
-    raise RuntimeError(f"the app did not serve {url} within {SERVER_START_TIMEOUT} s")
 
 
 # ---------------------------------------------------------------- references, made in this process
 
-def references(sessions: list[list[Call]], starts: dict[int, str], threads: int) -> dict:
-    """(client, index) -> (picture, viewer x0 of the last step): each generation run alone."""
-    import torch
-
-    from studio.config import Settings
-    from studio.manager import PipelineManager
-
-    torch.set_num_threads(threads)
-    manager = PipelineManager(Settings(model=DEFAULT_MODEL))
-    manager.load()
-    expected = {}
-    for call in (c for calls in sessions for c in calls if c.kind != "viewer"):
-        result = manager.generate(call.request(starts[call.client]))
-        # the viewer's "full" decoder: the fast one is a least-squares fit, equal only to rounding
-        last_x0 = manager.previews.decode(manager.loaded, result.trajectory.steps[-1].x0[:1], "full")[0]
-        expected[call.client, call.index] = (np.asarray(result.images[0]), np.asarray(last_x0.convert("RGB")))
-    return expected
-
 
 # ---------------------------------------------------------------- load
-
-def pictures(gallery) -> list:
-    """The gallery's pictures, whether the API returns them bare or inside an update."""
-    return gallery["value"] if isinstance(gallery, dict) else gallery
-
-
-def pixels(path: str) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def run_session(url: str, calls: list[Call], start: str, expected: dict) -> list[dict]:
@@ -283,9 +141,6 @@ def queue_phase(url: str, max_queue: int, steps: int) -> dict:
 
 # ---------------------------------------------------------------- soak
 
-def cache_files(cache: Path) -> list[Path]:
-    return [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
-
 
 def soak_phase(server: Server, generations: int, steps: int, cache_max_age: int, start: str) -> dict:
     from gradio_client import Client
@@ -327,16 +182,6 @@ def soak_phase(server: Server, generations: int, steps: int, cache_max_age: int,
             "cache_oldest_file_seconds": oldest, "cache_pruned": wall > limit and oldest <= limit,
             "no_save_folder_files": len(cache_files(no_save_folder(server))),
             "no_save_oldest_file_seconds": oldest_unsaved, "no_save_pruned": wall > limit and oldest_unsaved <= limit}
-
-
-def no_save_folder(server: Server) -> Path:
-    """The server's --no-save folder (Settings.output_root): its PNGs, until pruned."""
-    return Path(tempfile.gettempdir()) / f"diffusion-studio-{server.process.pid}"
-
-
-def oldest_file(folder: Path) -> float:
-    now = time.time()
-    return max((now - p.stat().st_ctime for p in cache_files(folder)), default=0.0)
 
 
 # ---------------------------------------------------------------- the whole run

@@ -56,3 +56,19 @@ def describe(device: str) -> str:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def apply_memory_options(pipe, settings, device: str) -> None:
+    """The settings' attention and VAE slicing, VAE tiling and CPU offload, then the device."""
+    slicing = settings.attention_slicing
+    if slicing == "max" or (slicing == "auto" and device.startswith("mps")):
+        pipe.enable_attention_slicing("max" if slicing == "max" else "auto")
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and settings.vae_slicing:
+        vae.enable_slicing()
+    if vae is not None and settings.vae_tiling:
+        vae.enable_tiling()
+    if settings.cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)

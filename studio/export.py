@@ -74,6 +74,23 @@ def animated_gif(pairs: list[tuple], steps, path: Path) -> Path:
     return path
 
 
+def chart_axes(draw, xy, count: int, levels: tuple[float, float], margins: tuple, size: tuple) -> None:
+    """The schedule chart's frame: a labelled grid line at each power of ten, five step ticks."""
+    (low, high), (left, right, top, bottom), (width, height) = levels, margins, size
+    for power in range(math.ceil(low), math.floor(high) + 1):
+        y = xy(0, 10.0 ** power)[1]
+        draw.line((left, y, width - right, y), fill=(225, 225, 225))
+        draw.text((left - 4, y), number(10.0 ** power), fill="black", font=font(10), anchor="rm")
+    for tick in sorted({round(f * (count - 1)) for f in (0, 0.25, 0.5, 0.75, 1)}):
+        x = xy(tick, 1.0)[0]
+        draw.line((x, height - bottom, x, height - bottom + 4), fill="black")
+        draw.text((x, height - bottom + 6), str(tick + 1), fill="black", font=font(10), anchor="ma")
+    draw.line((left, height - bottom, width - right, height - bottom), fill="black")
+    draw.line((left, top, left, height - bottom), fill="black")
+    draw.text((left, top - 4), f"noise level {sigma_sign()} (log scale)", fill="black", font=font(11), anchor="ld")
+    draw.text(((left + width - right) / 2, height - 4), "step", fill="black", font=font(11), anchor="md")
+
+
 def schedule_chart(trajectory, current: int | None = None, size=(420, 220)) -> Image.Image:
     """Sigma over the N steps, on a log scale; the current step marked; img2img's skipped steps greyed.
 
@@ -100,19 +117,8 @@ def schedule_chart(trajectory, current: int | None = None, size=(420, 220)) -> I
     if start:
         draw.rectangle((left, top, xy(start, 0)[0], height - bottom), fill=(235, 235, 235))
         draw.text((left + 4, top + 2), f"skipped by strength ({start})", fill="grey", font=font(10))
-    for power in range(math.ceil(low), math.floor(high) + 1):  # a grid line at each power of ten
-        y = xy(0, 10.0 ** power)[1]
-        draw.line((left, y, width - right, y), fill=(225, 225, 225))
-        draw.text((left - 4, y), number(10.0 ** power), fill="black", font=font(10), anchor="rm")
-    for tick in sorted({round(f * (len(sigmas) - 1)) for f in (0, 0.25, 0.5, 0.75, 1)}):
-        x = xy(tick, 1.0)[0]
-        draw.line((x, height - bottom, x, height - bottom + 4), fill="black")
-        draw.text((x, height - bottom + 6), str(tick + 1), fill="black", font=font(10), anchor="ma")
+    chart_axes(draw, xy, len(sigmas), (low, high), (left, right, top, bottom), size)
     draw.line([xy(i, s) for i, s in enumerate(sigmas)], fill=(40, 90, 200), width=2)
-    draw.line((left, height - bottom, width - right, height - bottom), fill="black")
-    draw.line((left, top, left, height - bottom), fill="black")
-    draw.text((left, top - 4), f"noise level {sigma_sign()} (log scale)", fill="black", font=font(11), anchor="ld")
-    draw.text(((left + width - right) / 2, height - 4), "step", fill="black", font=font(11), anchor="md")
     if current is not None and trajectory.steps:
         step = trajectory.steps[current]
         x, y = xy(start + current, step.sigma)

@@ -24,6 +24,8 @@ class Entry:
     files: tuple                   # each result's PNG paths, as tuples
     grid: str | None = None        # an X/Y plot's grid picture
     title: str = ""                # an X/Y plot's axes, for example "Sampler x Steps"
+    parent: str | None = None      # a branch's run ("7" or "7.2") and the step it left it at
+    at_step: int | None = None
 
     @property
     def is_plot(self) -> bool:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import gc
-import hashlib
-import queue
 import random
 import threading
 import time
@@ -23,12 +21,12 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from studio import devices, images, models, noise, prompts, schedulers
+from studio import devices, forward, images, models, noise, prompts, schedulers, streams
 from studio.config import Settings
 from studio.errors import GenerationCancelled, StudioError
 from studio.previews import PreviewDecoder
 from studio.requests import MAX_SEED, GenerationRequest, GenerationResult, check_inputs, check_limits
-from studio.trajectory import TrajectoryRecorder, alpha_bar_at, schedule_sigmas, sigma_from_alpha_bar
+from studio.trajectory import TrajectoryRecorder, schedule_sigmas
 from studio.unconditional import UnconditionalRunner
 
 
@@ -75,14 +73,6 @@ class ModelInfo:
     memory: dict
 
 
-@dataclasses.dataclass(frozen=True)
-class ForwardResult:
-    picture: object       # PIL image of the noised picture
-    timestep: float
-    sigma: float
-    steps_to_run: int     # steps a run from here takes
-
-
 class PipelineManager:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()
@@ -94,9 +84,9 @@ class PipelineManager:
         self._lock = threading.RLock()
         self._running_cancel: threading.Event | None = None  # the running job's Stop flag
         self._model: LoadedModel | None = None
-        self._last_encoded: tuple[tuple, torch.Tensor] | None = None  # forward_process's last picture
         # --no-save (a Space's default) writes nothing to disk: the fitted preview maps stay in memory
         self.previews = PreviewDecoder(self.settings.tiny_vae, None if self.settings.no_save else self.settings.cache_dir)
+        self._forward = forward.ForwardProcess()
         # One long-lived thread runs every streamed generation. A fresh thread per run starts a
         # fresh OpenMP team, and the benchmark measured such runs 1.9x slower on 2 CPU cores.
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="studio-generate")
@@ -116,27 +106,12 @@ class PipelineManager:
     def _place(self, source: models.ModelSource, pipe) -> LoadedModel:
         """Apply precision, memory options and the device to a freshly loaded pipeline."""
         pipe.set_progress_bar_config(disable=True)
-        self._apply_memory_options(pipe)
+        devices.apply_memory_options(pipe, self.settings, self.device)
         unet = getattr(pipe, "unet", None)
         scale = getattr(pipe, "vae_scale_factor", 1)
         return LoadedModel(source=source, txt2img=pipe, scheduler_config=dict(pipe.scheduler.config),
                            family=models.family(pipe), hash=models.model_hash(source),
                            native_size=int(unet.config.sample_size) * scale if unet is not None else 64)
-
-    def _apply_memory_options(self, pipe) -> None:
-        s = self.settings
-        slicing = s.attention_slicing
-        if slicing == "max" or (slicing == "auto" and self.device.startswith("mps")):
-            pipe.enable_attention_slicing("max" if slicing == "max" else "auto")
-        vae = getattr(pipe, "vae", None)
-        if vae is not None and s.vae_slicing:
-            vae.enable_slicing()
-        if vae is not None and s.vae_tiling:
-            vae.enable_tiling()
-        if s.cpu_offload:
-            pipe.enable_model_cpu_offload(device=self.device)
-        else:
-            pipe.to(self.device)
 
     def _unload(self) -> None:
         self._model = None
@@ -265,47 +240,10 @@ class PipelineManager:
             timings={"total": finished - started, "denoise_and_decode": finished - denoise_started,
                      "steps": total, "seconds_per_step": (finished - denoise_started) / max(total, 1)})
 
-    @torch.no_grad()
-    def forward_process(self, image, *, timestep: float | None = None, strength: float | None = None,
-                        num_inference_steps: int = 20, scheduler: str = schedulers.DEFAULT,
-                        seed: int = 0, size: int | None = None, decoder: str = "auto") -> ForwardResult:
-        """`image` noised the way a run does it: to `timestep`, or to where img2img at `strength`
-        starts. x_t = sqrt(a) x0 + sqrt(1 - a) eps in latent space (Ho et al. 2020, eq. 4), decoded.
-
-        It is a preview: by default at the model's native size capped at FORWARD_SIDE, decoded by
-        the full VAE up to FORWARD_FULL_VAE_PIXELS and by the fast map above (once it is fitted). The last picture's encoding is kept,
-        so moving the timestep or strength costs only the decode."""
+    def forward_process(self, image, **options) -> forward.ForwardResult:
+        """`image` noised the way a run does it (studio.forward.ForwardProcess), under the lock."""
         with self._lock:
-            model = self._require_model()
-            size = size or min(model.native_size, FORWARD_SIDE)
-            fresh = schedulers.make_scheduler(scheduler, model.scheduler_config)
-            steps = num_inference_steps
-            if strength is not None:
-                request = check_inputs(GenerationRequest(num_inference_steps=steps, strength=strength,
-                                                         image=image))
-                fresh.set_timesteps(request.num_inference_steps)
-                steps = request.steps_to_run()
-                start = (request.num_inference_steps - steps) * getattr(fresh, "order", 1)
-                timestep = float(fresh.timesteps[start])
-            elif timestep is None or not 0 <= float(timestep) < len(fresh.alphas_cumprod):
-                raise StudioError(f"timestep={timestep!r} is not allowed: expected 0 to "
-                                  f"{len(fresh.alphas_cumprod) - 1}.")
-            clean = self._encoded(model, images.prepare(image, size, size))  # (1, c, h, w), alpha scale
-            noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
-            alpha_bar = alpha_bar_at(fresh.alphas_cumprod, float(timestep))
-            noisy = alpha_bar ** 0.5 * clean + (1 - alpha_bar) ** 0.5 * noise
-            if decoder == "auto":  # the full VAE where it is cheap, or while the fast map is fitted
-                small = size * size <= FORWARD_FULL_VAE_PIXELS
-                decoder = "full" if small or not self.previews.fast_ready(model) else "fast"
-            return ForwardResult(picture=self.previews.decode(model, noisy, decoder)[0], timestep=float(timestep),
-                                 sigma=sigma_from_alpha_bar(alpha_bar), steps_to_run=steps)
-
-    def _encoded(self, model: LoadedModel, picture) -> torch.Tensor:
-        """The VAE's latents of `picture`, remembered for the last picture (the slow half)."""
-        key = (model.hash, picture.size, hashlib.sha1(picture.tobytes()).hexdigest())
-        if self._last_encoded is None or self._last_encoded[0] != key:
-            self._last_encoded = (key, self.previews.encode(model, picture))
-        return self._last_encoded[1]
+            return self._forward(self._require_model(), self.previews, image, **options)
 
     def decode(self, latents: torch.Tensor, kind: str) -> list[Image.Image]:
         """Pictures of (batch, c, h, w) latents as the UNet sees them (a trajectory's x_t or x0),
@@ -346,75 +284,11 @@ class PipelineManager:
         return report
 
     def stream(self, request: GenerationRequest, cancel: threading.Event | None = None):
-        """Run in a worker thread; yield a Step for each step, then Done.
-
-        Closing the generator early (a UI's Stop, a dropped client) cancels the run.
-        """
-        events: queue.Queue = queue.Queue()
-        cancel = cancel or threading.Event()
-        taken = threading.Semaphore(0)  # released each time the consumer takes a step event
-
-        def report(*event) -> None:
-            # Hand the step over and wait until the consumer takes it, so the run is never more
-            # than one step ahead of its consumer: a consumer that stops asking (Gradio after a
-            # cancel) closes this generator, which sets `cancel` while that step is the last one
-            # started. A consumer that has not taken a step for STEP_HANDOVER_WAIT is gone (a
-            # client that went away while its event was between two yields): the run stops.
-            events.put(Step(*event, self.preview_note(request) if event[2] is None else None))
-            deadline = time.monotonic() + STEP_HANDOVER_WAIT
-            while not taken.acquire(timeout=0.05):
-                if cancel.is_set():
-                    return
-                if time.monotonic() > deadline:
-                    cancel.set()
-                    return
-
-        threads = torch.get_num_threads()  # the caller's setting holds in the worker too
-
-        def work() -> None:
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-            try:
-                events.put(Done(self.generate(request, on_step=report, cancel=cancel)))
-            except BaseException as exc:  # handed to the consumer, raised there
-                events.put(exc)
-
-        job = self._worker.submit(work)
-        try:
-            while True:
-                event = events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                if isinstance(event, Step):
-                    taken.release()
-                yield event
-                if isinstance(event, Done):
-                    return
-        finally:
-            if not job.cancel() and not job.done():  # not started: dropped; running: stopped
-                cancel.set()
-                concurrent.futures.wait([job])
+        """Run in a worker thread; yield a streams.Step for each step, then streams.Done.
+        Closing the generator early (a UI's Stop, a dropped client) cancels the run."""
+        return streams.stream(self, request, cancel)
 
 
-@dataclasses.dataclass(frozen=True)
-class Step:
-    """A step of a streamed run: its number (from 1) of `total`, its preview pictures (None if
-    none was due), and `note`, why a due preview is missing (None when nothing is)."""
-    number: int
-    total: int
-    previews: list | None
-    note: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Done:
-    """The end of a streamed run."""
-    result: GenerationResult
-
-
-FORWARD_SIDE = 256  # px: the forward process's pictures are previews, at most this size
-FORWARD_FULL_VAE_PIXELS = 128 * 128  # up to here the full VAE decodes them (cheap even for SD's)
-STEP_HANDOVER_WAIT = 10.0  # seconds a step waits for its consumer; then the run is abandoned
 
 
 def out_of_memory_message(request: GenerationRequest, model: LoadedModel) -> str:

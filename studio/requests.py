@@ -117,11 +117,18 @@ def check_inputs(request: GenerationRequest) -> GenerationRequest:
     """The request with each field as its type; StudioError names the first bad field and value."""
     checked = {f.name: check_field(f, getattr(request, f.name)) for f in FIELDS
                if request.is_img2img or not f.img2img}
-    if request.is_img2img and request.steps_to_run() < 1:
-        raise bad_argument("strength", request.strength,
-                           f"a value that leaves at least one step: int({request.num_inference_steps} "
-                           f"x {request.strength}) = 0 steps would run")
+    if request.is_img2img:
+        check_steps_left(checked["num_inference_steps"], checked["strength"])
     return dataclasses.replace(request, **checked)
+
+
+def check_steps_left(num_inference_steps: int, strength: float) -> int:
+    """The steps img2img at `strength` runs, or StudioError if it would run none."""
+    left = steps_to_run(num_inference_steps, strength)
+    if left < 1:
+        raise bad_argument("strength", strength, f"a value that leaves at least one step: int({num_inference_steps} "
+                                                 f"x {strength}) = 0 steps would run")
+    return left
 
 
 def batches(request: GenerationRequest, count) -> list[GenerationRequest]:

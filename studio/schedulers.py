@@ -165,45 +165,48 @@ def plms_on_x0(scheduler, first_step_first_order: bool) -> None:
     noise), step 1 uses the first x0 alone and the history restarts after it (see
     SECOND_ORDER_FIRST_STEP). Under PLMS_FULL_ORDER_STEPS steps it is second order (one earlier
     x0), as DPM-Solver lowers its order under 15 steps. The number of model calls is unchanged."""
-    original = scheduler.step
-    alphas_cumprod = scheduler.alphas_cumprod
-    history: list = []  # predicted x0 behind each entry of scheduler.ets, oldest first
+    scheduler.step = functools.wraps(scheduler.step)(X0History(scheduler, first_step_first_order))
 
-    def coefficients(timestep: int, sample):
-        alpha_bar = alphas_cumprod[timestep].to(sample.device, sample.dtype)
+
+class X0History:
+    """plms_on_x0's step: PNDM's own step, handed its history as x0s re-expressed at each step."""
+
+    def __init__(self, scheduler, first_step_first_order: bool):
+        self.scheduler, self.original, self.first_order = scheduler, scheduler.step, first_step_first_order
+        self.history: list = []  # predicted x0 behind each entry of scheduler.ets, oldest first
+
+    def coefficients(self, timestep: int, sample):
+        alpha_bar = self.scheduler.alphas_cumprod[timestep].to(sample.device, sample.dtype)
         return alpha_bar ** 0.5, (1 - alpha_bar) ** 0.5
 
-    def as_output(x0, sample, timestep: int):  # the v that predicts x0 from `sample` at `timestep`
-        a, b = coefficients(timestep, sample)
+    def as_output(self, x0, sample, timestep: int):  # the v that predicts x0 from `sample` at `timestep`
+        a, b = self.coefficients(timestep, sample)
         return (a * sample - x0) / b
 
-    @functools.wraps(original)
-    def step(model_output, timestep, sample, *args, **kwargs):
-        t = int(timestep)
-        a, b = coefficients(t, sample)
+    def __call__(self, model_output, timestep, sample, *args, **kwargs):
+        scheduler, history, original, t = self.scheduler, self.history, self.original, int(timestep)
+        a, b = self.coefficients(t, sample)
         x0 = a * sample - b * model_output
         counter = scheduler.counter
         if counter == 0:
-            scheduler.from_pure_noise = first_step_first_order and t == scheduler.config.num_train_timesteps - 1
+            scheduler.from_pure_noise = self.first_order and t == scheduler.config.num_train_timesteps - 1
             history[:] = [x0]
             return original(model_output, timestep, sample, *args, **kwargs)
         if counter == 1:  # the warm-up: PNDM steps again from the first sample and timestep
             start, t0 = scheduler.cur_sample, t + scheduler.config.num_train_timesteps // scheduler.num_inference_steps
             warm = history[0] if scheduler.from_pure_noise else x0
-            scheduler.ets = [as_output(history[0], start, t0)]
-            out = original(as_output(warm, start, t0), timestep, sample, *args, **kwargs)
+            scheduler.ets = [self.as_output(history[0], start, t0)]
+            out = original(self.as_output(warm, start, t0), timestep, sample, *args, **kwargs)
             if scheduler.from_pure_noise:
                 history[:] = [x0]  # the pure-noise prediction leaves the history
             return out
         earlier = 3 if scheduler.num_inference_steps >= PLMS_FULL_ORDER_STEPS else 1
-        scheduler.ets = [as_output(h, sample, t) for h in history[-earlier:]]
-        out = original(as_output(x0, sample, t), timestep, sample, *args, **kwargs)
+        scheduler.ets = [self.as_output(h, sample, t) for h in history[-earlier:]]
+        out = original(self.as_output(x0, sample, t), timestep, sample, *args, **kwargs)
         history.append(x0)
         if scheduler.from_pure_noise and counter == 2:
             history[:] = [x0]  # x0 of step 1's second call was this same one: not two points
         return out
-
-    scheduler.step = step
 
 
 def corrector_sigma(scheduler) -> float:

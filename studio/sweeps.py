@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import math
 import random
 import re
 import threading
 
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, PngImagePlugin
 
-from studio import metadata, schedulers
+from studio import grids, metadata, schedulers
 from studio.errors import GenerationCancelled, StudioError, bad_argument
 from studio.fields import AXES, FIELD
 from studio.requests import MAX_SEED, GenerationRequest, check_inputs
@@ -37,11 +36,6 @@ VALUE_SYNTAX = f"comma-separated values (quote a value that holds a comma); numb
 NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
 RANGE = re.compile(rf"^({NUMBER})\s*-\s*({NUMBER})\s*(?:\(\s*({NUMBER})\s*\)|\[\s*(\d+)\s*\])?$")
 
-MIN_TILE = 192      # small pictures are enlarged by a whole factor (NEAREST) to at least this
-FONT_SIZE = 16
-LINE_HEIGHT = FONT_SIZE + 4
-PAD = 6             # around label text
-GAP = 4             # between tiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +48,11 @@ class Axis:
     @property
     def label(self) -> str:
         return KINDS[self.kind]
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the grid has a row or column of labels for it ("nothing" has none)."""
+        return self.kind != NOTHING
 
     def describe(self, value) -> str:
         """A cell's label on this axis: "CFG scale: 7.5"; prompt S/R shows the text itself."""
@@ -268,7 +267,7 @@ def run_sweep(manager, plan: SweepPlan, writer=None, on_progress=None,
             files.append(writer.write(result))
     if not results:
         raise GenerationCancelled(f"Stopped before the first of {len(plan.requests)} cells finished.")
-    grid = draw_grid(plan, [r.images[0] for r in results])
+    grid = grids.draw_grid(plan, [r.images[0] for r in results])
     sweep = SweepResult(plan, results, grid, grid_parameters(plan, results[0]), files, cancelled=cancelled)
     if writer is not None:
         sweep.grid_path = save_grid(sweep, writer)
@@ -298,66 +297,3 @@ def save_grid(sweep: SweepResult, writer) -> str:
     info.add_text(metadata.KEY, sweep.parameters)
     sweep.grid.save(path, pnginfo=info)
     return str(path)
-
-
-# ----- the grid picture ---------------------------------------------------------------------
-@functools.cache
-def font() -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=FONT_SIZE)
-
-
-def wrap(draw: ImageDraw.ImageDraw, text: str, width: int) -> list[str]:
-    """`text` in lines no wider than `width` pixels (a word too long for a line is cut)."""
-    lines, line = [], ""
-    for word in text.split():
-        candidate = f"{line} {word}".strip()
-        if draw.textlength(candidate, font=font()) <= width or not line:
-            line = candidate
-        else:
-            lines.append(line)
-            line = word
-        while len(line) > 1 and draw.textlength(line, font=font()) > width:
-            cut = 1
-            while cut < len(line) - 1 and draw.textlength(line[:cut + 1], font=font()) <= width:
-                cut += 1
-            lines.append(line[:cut])
-            line = line[cut:]
-    return lines + ([line] if line else [])
-
-
-def draw_lines(draw: ImageDraw.ImageDraw, lines: list[str], centre_x: float, middle_y: float) -> None:
-    """A block of text lines, centred on (centre_x, middle_y)."""
-    for i, line in enumerate(lines):
-        top = middle_y - len(lines) * LINE_HEIGHT / 2 + i * LINE_HEIGHT
-        draw.text((centre_x, top), line, fill="black", font=font(), anchor="ma")
-
-
-def draw_grid(plan: SweepPlan, pictures: list[Image.Image]) -> Image.Image:
-    """Tiles row by row (missing ones grey), X labels along the top, Y labels down the left."""
-    # 1. Tiles: enlarged by a whole factor with NEAREST, so small pictures stay crisp
-    width, height = pictures[0].size
-    scale = max(1, math.ceil(MIN_TILE / max(width, height)))
-    tile_w, tile_h = width * scale, height * scale
-    # 2. Room for labels: X labels wrapped to a tile's width; Y labels in a column on the left
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    top_lines = [wrap(probe, plan.x.describe(v), tile_w - 2 * PAD) for v in plan.x.values]
-    widest = max(probe.textlength(plan.y.describe(v), font=font()) for v in plan.y.values)
-    left = 0 if plan.y.kind == NOTHING else int(min(max(widest + 4 * PAD, 80), max(tile_w, 160)))
-    left_lines = [wrap(probe, plan.y.describe(v), left - 2 * PAD) for v in plan.y.values]
-    top = 0 if plan.x.kind == NOTHING else max(map(len, top_lines)) * LINE_HEIGHT + 2 * PAD
-    grid = Image.new("RGB", (left + plan.columns * (tile_w + GAP), top + plan.rows * (tile_h + GAP)), "white")
-    draw = ImageDraw.Draw(grid)
-    # 3. The tiles, then the labels
-    for index in range(plan.columns * plan.rows):
-        row, column = divmod(index, plan.columns)
-        x, y = left + column * (tile_w + GAP), top + row * (tile_h + GAP)
-        if index < len(pictures):
-            grid.paste(pictures[index].convert("RGB").resize((tile_w, tile_h), Image.Resampling.NEAREST), (x, y))
-        else:  # not run (stopped)
-            draw.rectangle((x, y, x + tile_w - 1, y + tile_h - 1), fill=(225, 225, 225))
-            draw.text((x + tile_w / 2, y + tile_h / 2), "not run", fill="grey", font=font(), anchor="mm")
-    for column, lines in enumerate(top_lines if top else []):
-        draw_lines(draw, lines, left + column * (tile_w + GAP) + tile_w / 2, top / 2)
-    for row, lines in enumerate(left_lines if left else []):
-        draw_lines(draw, lines, left / 2, top + row * (tile_h + GAP) + tile_h / 2)
-    return grid

@@ -82,8 +82,9 @@ def test_trajectory_folder_gets_every_step_a_gif_and_a_contact_sheet(sd1_dir, tm
                  "--steps", "3", "--preview", "fast", "--trajectory", str(tmp_path / "steps")])
     assert code == 0
     names = {p.name for p in (tmp_path / "steps").iterdir()}
-    assert {"step_001_xt.png", "step_003_x0.png", "trajectory.gif", "contact_sheet.png"} <= names
-    assert "trajectory: 8 files" in capsys.readouterr().out
+    assert {"step_001_xt.png", "step_003_x0.png", "trajectory.gif", "contact_sheet.png",
+            "run.json", "run.safetensors", "picture-0.png"} <= names  # the run, to open again (test_runs.py)
+    assert "trajectory: 11 files" in capsys.readouterr().out
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import pytest
 from studio.outputs import OutputWriter
 from studio.requests import GenerationRequest
 from studio.history import SessionHistory
-from studio.ui import common, history_tab, pnginfo_tab, viewer_tab
+from studio.ui import cache, history_tab, pnginfo_tab, viewer_tab
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_a_plot_is_one_entry_shown_as_its_grid_and_its_cells_are_runs_for_the_vi
     assert [(p.path, p.image) for p in session.pictures()][0] == (grid, None)
     assert len(session.pictures()) == len(history.pictures()) + 1
     items, *_ = history_tab.show(session)
-    assert items[0] == (common.served(grid), "#3 · X/Y plot: Sampler x Steps")
+    assert items[0] == (cache.served(grid), "#3 · X/Y plot: Sampler x Steps")
     assert [run.number for run in session.runs()] == ["1", "2"] + [f"3.{i}" for i in range(1, 9)]
     assert "#3 X/Y plot: Sampler x Steps" in history_tab.describe(session, 0)
 
@@ -86,7 +86,7 @@ def test_send_to_img2img_from_a_batch_sends_that_pictures_own_seed(history, monk
     *values, picture, strength, tabs = pnginfo_tab.fill(batch[1], "img2img", with_picture=True)
     sent = dict(zip(pnginfo_tab.SENT_FIELDS, values))
     assert (sent["prompt"], sent["seed"], sent["num_images_per_prompt"]) == ("a red circle", 6, 2)
-    assert picture == common.served(batch[1]) and tabs.selected == "img2img"
+    assert picture == cache.served(batch[1]) and tabs.selected == "img2img"
     assert isinstance(strength, type(gr.skip()))  # a txt2img run has no denoising strength
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from studio import devices
 from studio.errors import GenerationCancelled, StudioError
-from studio.manager import Done
+from studio.streams import Done
 from studio.requests import GenerationRequest
 from tests import tiny_pipelines as tiny
 

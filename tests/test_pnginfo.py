@@ -14,7 +14,7 @@ from PIL import Image, PngImagePlugin
 from studio import metadata
 from studio.outputs import OutputWriter
 from studio.requests import GenerationRequest, GenerationResult
-from studio.ui import common, pnginfo_tab
+from studio.ui import cache, form, pnginfo_tab
 
 A1111_TEXT = (
     'masterpiece, 1girl, "smiling": 1.2, (blue eyes:1.1)\n'
@@ -153,7 +153,7 @@ def test_send_to_txt2img_fills_every_field_and_switches_tab(tmp_path, warnings):
 def test_send_to_img2img_sends_the_picture_and_the_denoising_strength(tmp_path, warnings):
     path = png_with(tmp_path / "a1111.png", A1111_TEXT)
     *values, picture, strength, tabs = pnginfo_tab.fill(path, "img2img", with_picture=True)
-    assert (picture, strength, tabs.selected) == (common.served(path), 0.45, "img2img")  # a copy it may serve
+    assert (picture, strength, tabs.selected) == (cache.served(path), 0.45, "img2img")  # a copy it may serve
     assert values[pnginfo_tab.SENT_FIELDS.index("scheduler")] == "DPM++ 2M Karras"
     assert [w for w in warnings if "Clip skip: 2" in w]  # the UI has no clip-skip control: said so
 
@@ -182,10 +182,10 @@ def test_the_size_sliders_follow_the_loaded_model():
     """Width and height went to 2048 for a 64 px model; a switch to a 512 px one widens them."""
     import types
 
-    from studio.ui import common, settings_panel
+    from studio.ui import settings_panel
 
     with gr.Blocks():
-        panel = common.parameter_panel("t", 64, prompt="a cat")
+        panel = form.parameter_panel("t", 64, prompt="a cat")
     assert (panel.width.maximum, panel.height.maximum, panel.width.step) == (256, 256, 8)
     assert panel.width.info == panel.height.info == "up to 4x the 64px it learned; larger repeats the subject"
     sd = types.SimpleNamespace(info=types.SimpleNamespace(native_size=512), settings=types.SimpleNamespace(size_factor=4.0))
@@ -199,7 +199,7 @@ def test_a_png_without_parameters_cannot_go_to_txt2img_but_its_picture_can_go_to
     with pytest.raises(gr.Error, match="carries no parameters"):
         pnginfo_tab.fill(path, "txt2img", with_picture=False)
     *values, picture, strength, _ = pnginfo_tab.fill(path, "img2img", with_picture=True)
-    assert picture == common.served(path) and all(isinstance(v, type(gr.skip())) for v in [*values, strength])
+    assert picture == cache.served(path) and all(isinstance(v, type(gr.skip())) for v in [*values, strength])
     assert "only the picture" in warnings[0]
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from app import MAX_UPLOAD
 from studio.config import DEFAULT_MODEL, REPO_ROOT, Settings
-from studio.manager import Step
+from studio.streams import Step
 from tests.conftest import free_port, serve
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

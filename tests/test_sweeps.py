@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio import metadata, schedulers, sweeps
+from studio import grids, metadata, schedulers, sweeps
 from studio.errors import GenerationCancelled, StudioError
 from studio.history import SessionHistory
 from studio.outputs import OutputWriter
@@ -138,7 +138,7 @@ def test_the_same_parameter_on_both_axes_is_refused():
 # ----- a real run -------------------------------------------------------------------------------
 def tile_origin(grid: Image.Image, plan: sweeps.SweepPlan, tile: int) -> tuple[int, int]:
     """Where the first tile starts: the grid's size minus the tiles (and gaps) is the labels' room."""
-    return (grid.width - plan.columns * (tile + sweeps.GAP), grid.height - plan.rows * (tile + sweeps.GAP))
+    return (grid.width - plan.columns * (tile + grids.GAP), grid.height - plan.rows * (tile + grids.GAP))
 
 
 def test_each_cell_is_the_picture_its_request_gives_run_alone(manager):
@@ -153,7 +153,7 @@ def test_each_cell_is_the_picture_its_request_gives_run_alone(manager):
             width=64, height=64, seed=seed, scheduler="Euler")).images[0]
         assert np.array_equal(np.asarray(sweep.results[index].images[0]), np.asarray(alone))
         row, column = divmod(index, 2)
-        x, y = left + column * (tile + sweeps.GAP), top + row * (tile + sweeps.GAP)
+        x, y = left + column * (tile + grids.GAP), top + row * (tile + grids.GAP)
         in_grid = sweep.grid.crop((x, y, x + tile, y + tile))
         assert np.array_equal(np.asarray(in_grid), np.asarray(alone.resize((tile, tile), Image.Resampling.NEAREST)))
 
@@ -171,7 +171,7 @@ def test_one_axis_gives_one_row_and_no_left_labels(manager):
     plan = sweeps.plan_sweep(BASE, axis("num_inference_steps", "1, 2, 3"), axis("nothing", name="Y"))
     grid = sweeps.run_sweep(manager, plan).grid
     left, top = tile_origin(grid, plan, 192)
-    assert grid.width == 3 * (192 + sweeps.GAP) and left == 0 and top > 0
+    assert grid.width == 3 * (192 + grids.GAP) and left == 0 and top > 0
 
 
 def test_the_grid_png_describes_the_sweep_and_each_single_carries_its_own_parameters(manager, tmp_path):
@@ -233,7 +233,7 @@ def event_values(x_kind="guidance_scale", x_text="1, 9", y_kind="seed", y_text="
 
 
 def test_the_tab_event_returns_the_grid_the_singles_and_the_history(tab):
-    from studio.ui import common
+    from studio.ui import cache
 
     session = types.SimpleNamespace(session_hash="sweep-test")
     earlier = SessionHistory().add_run("an earlier run", ["earlier.png"])
@@ -243,10 +243,10 @@ def test_the_tab_event_returns_the_grid_the_singles_and_the_history(tab):
                                               "CFG scale: 1 · Seed: 4", "CFG scale: 9 · Seed: 4"]
     assert last == singles[-1][0] and "4 of 4 cells" in info and seed == 11
     # the plot is one history entry after the earlier run; its cells keep their own files
-    assert [e.number for e in history.entries] == [1, 2] and common.served(history.entries[1].grid) == grid_path
+    assert [e.number for e in history.entries] == [1, 2] and cache.served(history.entries[1].grid) == grid_path
     plot = history.entries[1]
     assert [(r.request.guidance_scale, r.seeds[0]) for r in plot.results] == [(1.0, 3), (9.0, 3), (1.0, 4), (9.0, 4)]
-    assert [(common.served(path),) for path, in plot.files] == [(path,) for path, _ in singles]
+    assert [(cache.served(path),) for path, in plot.files] == [(path,) for path, _ in singles]
     assert plot.title == "CFG scale x Seed"
 
 
@@ -275,7 +275,7 @@ def test_the_xy_plot_api_round_trip_returns_a_labelled_grid(manager, tmp_path):
     finally:
         demo.close()
     picture = Image.open(grid)
-    assert picture.size == (2 * (192 + sweeps.GAP), picture.height) and picture.height > 192 + sweeps.GAP
+    assert picture.size == (2 * (192 + grids.GAP), picture.height) and picture.height > 192 + grids.GAP
     assert "X Type: CFG scale" in picture.info["parameters"] and len(singles) == 2 and "2 of 2 cells" in info
 
 

@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler, DDPMPipeline
 from PIL import Image
 
 from studio import export, schedulers
-from studio.manager import Done
+from studio.streams import Done
 from studio.requests import GenerationRequest
 from studio.trajectory import STORE_DTYPE, alpha_bar_at, x0_closed_form
 from tests import tiny_pipelines as tiny
@@ -286,14 +286,14 @@ def test_forward_process_for_a_strength_starts_where_img2img_starts(bundled_mana
 def test_the_forward_process_is_a_preview_that_encodes_a_picture_once(bundled_manager, monkeypatch):
     """On a Stable Diffusion-size model each slider release encoded and decoded at 512x512 with
     the full VAE (18.7 s measured). Now: at most FORWARD_SIDE pixels, the fast map, one encode."""
-    from studio import manager as manager_module
+    from studio import forward
     from training import shapes
 
     picture = shapes.render(shapes.Scene("red", "circle", "white", "large", "center", 14, 32, 32))
     encodes = []
     encode = bundled_manager.previews.encode
     monkeypatch.setattr(bundled_manager.previews, "encode", lambda *a: encodes.append(1) or encode(*a))
-    monkeypatch.setattr(manager_module, "FORWARD_SIDE", 32)  # the bundled model is 64 px
+    monkeypatch.setattr(forward, "FORWARD_SIDE", 32)  # the bundled model is 64 px
     sizes = [bundled_manager.forward_process(picture, timestep=t).picture.size for t in (100, 500, 900)]
     sizes.append(bundled_manager.forward_process(picture, strength=0.5).picture.size)
     assert sizes == [(32, 32)] * 4 and len(encodes) == 1
@@ -327,11 +327,11 @@ def test_the_ui_offers_the_tiny_decoder_only_when_the_studio_has_one(tiny_vae):
     from types import SimpleNamespace
 
     from studio.config import Settings
-    from studio.ui import common
+    from studio.ui import form
 
     manager = SimpleNamespace(settings=Settings(tiny_vae=tiny_vae))
-    live = [value for _, value in common.preview_choices(manager)]
-    viewer = [value for _, value in common.preview_choices(manager, with_off=False)]
+    live = [value for _, value in form.preview_choices(manager)]
+    viewer = [value for _, value in form.preview_choices(manager, with_off=False)]
     expected = ["fast", "tiny", "full"] if tiny_vae else ["fast", "full"]
     assert live == ["none", *expected] and viewer == expected
 

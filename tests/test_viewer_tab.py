@@ -9,7 +9,7 @@ from PIL import Image, ImageFont
 from studio import export
 from studio.history import SessionHistory
 from studio.requests import GenerationRequest
-from studio.ui import common, viewer_tab
+from studio.ui import cache, viewer_tab
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +22,12 @@ def img2img_run(bundled_manager):
 
 def test_a_picture_shown_again_is_served_from_the_same_file_not_rewritten():
     picture = Image.new("RGB", (64, 64), (200, 30, 30))
-    first = Path(common.picture_file(picture))
+    first = Path(cache.picture_file(picture))
     inode = first.stat().st_ino
-    again = Path(common.picture_file(picture.copy()))
+    again = Path(cache.picture_file(picture.copy()))
     assert again == first and again.stat().st_ino == inode  # Gradio's own PIL path truncates and rewrites
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(picture))
-    assert common.picture_file(Image.new("RGB", (64, 64), "blue")) != str(first)
+    assert cache.picture_file(Image.new("RGB", (64, 64), "blue")) != str(first)
     assert not [p for p in os.listdir(first.parent) if p.startswith(".")]  # no half-written staging file
 
 

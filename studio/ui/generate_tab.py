@@ -13,7 +13,7 @@ import gradio as gr
 from studio import fields
 from studio.errors import StudioError
 from studio.requests import GenerationRequest, batches, steps_to_run
-from studio.ui import common, stops
+from studio.ui import cache, common, form, stops, uploads
 from studio.outputs import OutputWriter
 
 
@@ -27,36 +27,47 @@ def strength_note(steps, strength) -> str:
 
 def build(mode: str, manager, writer: OutputWriter, history: gr.State, last_image: gr.State,
           prompt: str | None = None) -> dict:
-    """Lay out one generation tab; returns its components by name for other tabs to use.
-
-    Each finished run (each batch of a batch count) joins the session's `history`
+    """Lay out one generation tab and wire its events; returns its components by name for other
+    tabs to use. Each finished run (each batch of a batch count) joins the session's `history`
     (a studio.history.SessionHistory)."""
-    tab = "txt2img" if mode == "txt2img" else "img2img"
+    ui = layout(mode, manager, prompt)
+    wire_run(mode, manager, writer, ui, history, last_image)
+    if mode == "img2img":
+        wire_starting_point(manager, ui)
+    return ui
+
+
+def layout(mode: str, manager, prompt: str | None) -> dict:
+    tab, ui = mode, {"image": None, "strength": None}
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
-            image = strength = None
             if mode == "img2img":
-                image = common.PictureUpload(label="Starting picture", type="filepath", image_mode=None,
-                                 sources=["upload", "clipboard"], elem_id="img2img-image", height=256,
-                                 elem_classes="studio-picture")
-                strength = common.control(fields.FIELD["strength"], tab)
-                steps_note = gr.Markdown(strength_note(fields.FIELD["num_inference_steps"].default, strength.value),
-                                         elem_id="img2img-steps-note")
-                start_picture = gr.Image(label="Where the run starts: the picture noised by this strength",
-                                         interactive=False, elem_classes="studio-picture", format="png", height=160,
-                                         elem_id="img2img-start-preview")
-            panel = common.parameter_panel(tab, manager.info.native_size, manager.settings.size_factor,
-                                           common.preview_choices(manager), prompt=prompt)
+                ui["image"] = uploads.PictureUpload(label="Starting picture", type="filepath", image_mode=None,
+                                                    sources=["upload", "clipboard"], elem_id="img2img-image",
+                                                    height=256, elem_classes="studio-picture")
+                ui["strength"] = form.control(fields.FIELD["strength"], tab)
+                ui["steps_note"] = gr.Markdown(strength_note(fields.FIELD["num_inference_steps"].default,
+                                                             ui["strength"].value), elem_id="img2img-steps-note")
+                ui["start_picture"] = gr.Image(label="Where the run starts: the picture noised by this strength",
+                                               interactive=False, elem_classes="studio-picture", format="png",
+                                               height=160, elem_id="img2img-start-preview")
+            ui["panel"] = form.parameter_panel(tab, manager.info.native_size, manager.settings.size_factor,
+                                               form.preview_choices(manager), prompt=prompt)
             with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}-generate")
-                stop = gr.Button("Stop", variant="stop", elem_id=f"{tab}-stop", interactive=False)
+                ui["generate"] = gr.Button("Generate", variant="primary", elem_id=f"{tab}-generate")
+                ui["stop"] = gr.Button("Stop", variant="stop", elem_id=f"{tab}-stop", interactive=False)
         with gr.Column(scale=6):
-            preview = gr.Image(label="Live preview", interactive=False, elem_classes="studio-picture", elem_id=f"{tab}-live-preview",
-                               height=256, format="png")
-            gallery = gr.Gallery(label="Result", format="png", columns=4, height=420, preview=True,
-                                 elem_id=f"{tab}-gallery", interactive=False, object_fit="contain")
-            info = gr.Markdown(elem_id=f"{tab}-info")
-    last_seed = gr.State(-1)
+            ui["preview"] = gr.Image(label="Live preview", interactive=False, elem_classes="studio-picture",
+                                     elem_id=f"{tab}-live-preview", height=256, format="png")
+            ui["gallery"] = gr.Gallery(label="Result", format="png", columns=4, height=420, preview=True,
+                                       elem_id=f"{tab}-gallery", interactive=False, object_fit="contain")
+            ui["info"] = gr.Markdown(elem_id=f"{tab}-info")
+    return ui
+
+
+def wire_run(mode: str, manager, writer: OutputWriter, ui: dict, history: gr.State, last_image: gr.State) -> None:
+    panel, generate, stop, last_seed = ui["panel"], ui["generate"], ui["stop"], gr.State(-1)
+    shown = [ui["preview"], ui["gallery"], ui["info"]]
 
     async def run(session, request: gr.Request, progress=gr.Progress(), batch_count=1, **values):
         try:
@@ -64,42 +75,44 @@ def build(mode: str, manager, writer: OutputWriter, history: gr.State, last_imag
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
         with stops.run_flag(request.session_hash) as stop_flag:
-            async for shown in run_plan(manager, writer, plan, session, stop_flag, progress,
-                                        common.client_gone(request)):
-                yield shown
+            async for outputs in run_plan(manager, writer, plan, session, stop_flag, progress,
+                                          common.client_gone(request)):
+                yield outputs
 
     # by name: the API's parameters are the request's fields (prompt, num_inference_steps, ...)
-    named = {**panel.inputs(), **({"image": image, "strength": strength} if mode == "img2img" else {}),
+    named = {**panel.inputs(), **({"image": ui["image"], "strength": ui["strength"]} if mode == "img2img" else {}),
              "batch_count": panel.batch_count}
     # Generate first clears the last run's picture and seed line and swaps the buttons, so a
     # second press cannot be lost silently and Stop is there only while something runs.
-    running = generate.click(clear_for_run, outputs=[generate, stop, preview, gallery, info],
-                             api_visibility="private", queue=False).then(
-        run, inputs=[history], inputs_kwargs=named, outputs=[preview, gallery, info, last_seed, history, last_image],
-        api_name=tab, concurrency_id=common.GPU, concurrency_limit=1)
-    running.success(open_first, outputs=gallery, api_visibility="private", queue=False)
+    running = generate.click(clear_for_run, outputs=[generate, stop, *shown], api_visibility="private",
+                             queue=False).then(
+        run, inputs=[history], inputs_kwargs=named, outputs=[*shown, last_seed, history, last_image],
+        api_name=mode, concurrency_id=common.GPU, concurrency_limit=1)
+    running.success(open_first, outputs=ui["gallery"], api_visibility="private", queue=False)
     running.then(common.idle_buttons, outputs=[generate, stop], api_visibility="private", queue=False)
-    stop.click(stop_run, api_name=f"stop_{tab}", queue=False)  # API clients: stops this session's run
+    stop.click(stop_run, api_name=f"stop_{mode}", queue=False)  # API clients: stops this session's run
     panel.reuse_seed.click(reuse, inputs=last_seed, outputs=panel.seed, api_visibility="private", queue=False)
-    if mode == "img2img":
-        for control in (strength, panel.num_inference_steps):
-            control.change(strength_note, inputs=[panel.num_inference_steps, strength], outputs=steps_note,
-                           api_visibility="private", queue=False)
 
-        def starting_point(picture, steps, strength_):
-            if picture is None or strength_note(steps, strength_).startswith("⚠️"):
-                return None
-            try:
-                start = manager.forward_process(picture, strength=strength_, num_inference_steps=steps)
-                return common.picture_file(start.picture)
-            except StudioError as exc:
-                raise gr.Error(str(exc)) from exc
 
-        for trigger in (image.change, strength.release, panel.num_inference_steps.release):
-            trigger(starting_point, inputs=[image, panel.num_inference_steps, strength], outputs=start_picture,
-                    api_visibility="private", concurrency_id=common.GPU, concurrency_limit=1)
-    return {"panel": panel, "image": image, "strength": strength, "gallery": gallery,
-            "preview": preview, "generate": generate}
+def wire_starting_point(manager, ui: dict) -> None:
+    """img2img: the strength note, and the picture noised to where the run starts."""
+    image, strength, steps = ui["image"], ui["strength"], ui["panel"].num_inference_steps
+    for control in (strength, steps):
+        control.change(strength_note, inputs=[steps, strength], outputs=ui["steps_note"],
+                       api_visibility="private", queue=False)
+
+    def starting_point(picture, steps_, strength_):
+        if picture is None or strength_note(steps_, strength_).startswith("⚠️"):
+            return None
+        try:
+            start = manager.forward_process(picture, strength=strength_, num_inference_steps=steps_)
+            return cache.picture_file(start.picture)
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    for trigger in (image.change, strength.release, steps.release):
+        trigger(starting_point, inputs=[image, steps, strength], outputs=ui["start_picture"],
+                api_visibility="private", concurrency_id=common.GPU, concurrency_limit=1)
 
 
 async def run_plan(manager, writer: OutputWriter, plan: list, session, stop_flag, progress, gone):
@@ -117,13 +130,13 @@ async def run_plan(manager, writer: OutputWriter, plan: list, session, stop_flag
                 final = update.result
             else:  # a step's preview and status line, or "Stopped at step k of N."
                 lines = [common.describe_result(f) for f in finals] + [update.status]
-                yield (gr.skip() if update.picture is None else common.picture_file(update.picture), gr.skip(),
+                yield (gr.skip() if update.picture is None else cache.picture_file(update.picture), gr.skip(),
                        "  \n".join(lines), *[gr.skip()] * 3)
         if final is None:
             break
         paths = await asyncio.to_thread(writer.write, final)
         finals.append(final)
-        shown += [common.served(path) for path in paths]  # never the guessable --outputs names
+        shown += [cache.served(path) for path in paths]  # never the guessable --outputs names
         session = session.add_run(final, paths)
         # each batch shows as soon as it is done, with the ones before it
         yield (gr.skip(), shown, "  \n".join(common.describe_result(f) for f in finals), finals[0].seeds[0],

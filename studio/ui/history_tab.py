@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.history import HISTORY_LIMIT, Picture, SessionHistory
-from studio.ui import common, pnginfo_tab, viewer_tab
+from studio.ui import cache, common, pnginfo_tab, viewer_tab
 
 
 def entry(history: SessionHistory, selected) -> Picture:
@@ -55,7 +55,7 @@ def describe(history: SessionHistory, selected) -> str:
 def show(history: SessionHistory):
     """The gallery, no selection, and the newest picture's details and download."""
     pictures = history.pictures()
-    items = [(common.served(p.path), caption(p)) for p in pictures]
+    items = [(cache.served(p.path), caption(p)) for p in pictures]
     if not pictures:
         return items, None, "No run yet.", gr.DownloadButton(value=None, interactive=False)
     return items, None, describe(history, None), download(history, None)
@@ -67,7 +67,7 @@ def select(history: SessionHistory, event: gr.SelectData):
 
 def download(history: SessionHistory, selected) -> gr.DownloadButton:
     path = entry(history, selected).path
-    return gr.DownloadButton(f"Download {Path(path).name}", value=common.served(path), interactive=True)
+    return gr.DownloadButton(f"Download {Path(path).name}", value=cache.served(path), interactive=True)
 
 
 def picture_run(picture: Picture) -> tuple[object, str]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from studio import metadata
 from studio.fields import PANEL
 from studio.requests import MAX_SIDE
-from studio.ui import common
+from studio.ui import cache, uploads
 
 # The parameter panel's controls that a PNG fills, by their GenerationRequest names.
 SENT_FIELDS = [name for name in PANEL if name != "preview"]  # a PNG's fields that the tabs have controls for
@@ -71,7 +71,7 @@ def fill(path, target: str, with_picture: bool, max_side: int = MAX_SIDE) -> lis
                    "runs from here use the model's own text encoder output.")
     values = [fields.get(name, gr.skip()) for name in SENT_FIELDS]
     if with_picture:
-        values += [common.served(path), fields.get("strength", gr.skip())]
+        values += [cache.served(path), fields.get("strength", gr.skip())]
     return [*values, gr.Tabs(selected=target)]
 
 
@@ -86,7 +86,7 @@ def build(manager, txt2img: dict, img2img: dict, tabs: gr.Tabs) -> dict:
                 "then send them to a generation tab.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
-            image = common.PngUpload(label="PNG", type="filepath", image_mode=None, sources=["upload"],
+            image = uploads.PngUpload(label="PNG", type="filepath", image_mode=None, sources=["upload"],
                              elem_id="pnginfo-image", elem_classes="studio-picture", height=256)
             with gr.Row():
                 to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo-to-txt2img")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.errors import StudioError
-from studio.ui import common
+from studio.requests import size_bound
+from studio.ui import common, form
 
 
 def describe(manager) -> str:
@@ -55,6 +56,6 @@ def fit_sizes(manager, panels: list) -> list:
     updates = []
     for panel in panels:
         for slider in (panel.width, panel.height):
-            slider.maximum = common.size_bound(native, factor)
-            updates.append(gr.update(maximum=slider.maximum, value=native, info=common.size_info(native, factor)))
+            slider.maximum = size_bound(native, factor)
+            updates.append(gr.update(maximum=slider.maximum, value=native, info=form.size_info(native, factor)))
     return updates

@@ -11,7 +11,7 @@ import gradio as gr
 from studio import fields, schedulers, sweeps
 from studio.errors import GenerationCancelled, StudioError
 from studio.outputs import OutputWriter
-from studio.ui import common, generate_tab, stops
+from studio.ui import cache, common, form, generate_tab, stops, uploads
 
 DEFAULT_SAMPLERS = ["Euler", "Euler a", "DDIM", "DPM++ 2M Karras"]  # the sampler axis's first pick
 AXIS_CHOICES = [(label, kind) for kind, label in sweeps.KINDS.items()]
@@ -87,41 +87,56 @@ def describe_sweep(sweep: sweeps.SweepResult) -> str:
 
 
 def build(manager, writer: OutputWriter, history: gr.State, last_image: gr.State) -> dict:
-    """Lay out the X/Y plot tab; returns its components (and the event function, `run`) by name.
-    A finished plot joins the session's `history` as one entry, its cells as runs #n.1, #n.2, ..."""
+    """Lay out the X/Y plot tab and wire it; returns its components (and the event function, `run`)
+    by name. A finished plot joins the session's `history` as one entry, its cells as runs #n.1, ..."""
     gr.Markdown("Sweep one or two parameters and compare the pictures side by side. Values: "
                 f"{sweeps.VALUE_SYNTAX}. At most {sweeps.MAX_CELLS} cells.")
+    ui = layout(manager)
+    ui["run"] = wire(manager, writer, ui, history, last_image)
+    return ui
+
+
+def axis_row(name: str, kind: str) -> dict:
+    """An axis's type, its values box and (for samplers) its pick list, in one row."""
+    low = name.lower()
+    with gr.Row():
+        return {f"{low}_type": gr.Dropdown(AXIS_CHOICES, value=kind, label=f"{name} type",
+                                           elem_id=f"xyplot-{low}-type", scale=1),
+                f"{low}_values": gr.Textbox(value=DEFAULT_VALUES[kind], label=f"{name} values",
+                                            elem_id=f"xyplot-{low}-values", placeholder=EXAMPLES[kind], scale=2),
+                f"{low}_samplers": sampler_picker(name)}
+
+
+def layout(manager) -> dict:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
+            ui = {**axis_row("X", "guidance_scale"), **axis_row("Y", "seed")}
             with gr.Row():
-                x_type = gr.Dropdown(AXIS_CHOICES, value="guidance_scale", label="X type", elem_id="xyplot-x-type",
-                                     scale=1)
-                x_values = gr.Textbox(value="1, 4, 7.5, 12", label="X values", elem_id="xyplot-x-values",
-                                      placeholder=EXAMPLES["guidance_scale"], scale=2)
-                x_samplers = sampler_picker("X")
-            with gr.Row():
-                y_type = gr.Dropdown(AXIS_CHOICES, value="seed", label="Y type", elem_id="xyplot-y-type", scale=1)
-                y_values = gr.Textbox(value="1-3", label="Y values", elem_id="xyplot-y-values",
-                                      placeholder=EXAMPLES["seed"], scale=2)
-                y_samplers = sampler_picker("Y")
-            with gr.Row():
-                generate = gr.Button("Generate plot", variant="primary", elem_id="xyplot-generate")
-                stop = gr.Button("Stop", variant="stop", elem_id="xyplot-stop", interactive=False)
-            panel = common.parameter_panel("xyplot", manager.info.native_size,
-                                           manager.settings.size_factor, batch_count=False)
-            panel.preview.visible = False  # a plot shows no live preview; its runs decode none
+                ui["generate"] = gr.Button("Generate plot", variant="primary", elem_id="xyplot-generate")
+                ui["stop"] = gr.Button("Stop", variant="stop", elem_id="xyplot-stop", interactive=False)
+            ui["panel"] = form.parameter_panel("xyplot", manager.info.native_size, manager.settings.size_factor,
+                                               batch_count=False)
+            ui["panel"].preview.visible = False  # a plot shows no live preview; its runs decode none
             with gr.Accordion("Starting picture (image to image; a strength axis needs one)", open=False):
-                image = common.PictureUpload(label="Starting picture", type="filepath", image_mode=None,
-                                 sources=["upload", "clipboard"], elem_id="xyplot-image", height=200)
-                strength = common.control(fields.FIELD["strength"], "xyplot")
+                ui["image"] = uploads.PictureUpload(label="Starting picture", type="filepath", image_mode=None,
+                                                    sources=["upload", "clipboard"], elem_id="xyplot-image",
+                                                    height=200)
+                ui["strength"] = form.control(fields.FIELD["strength"], "xyplot")
         with gr.Column(scale=6):
             # not "studio-picture": the tiles are already enlarged crisply, and the labels are text
-            grid = gr.Image(label="X/Y plot", interactive=False, format="png", type="filepath",
-                            elem_id="xyplot-grid", height=480)
-            info = gr.Markdown(elem_id="xyplot-info")
-            gallery = gr.Gallery(label="Single images", format="png", columns=4, height=None, preview=False,
-                                 elem_id="xyplot-gallery", interactive=False, object_fit="contain")
-    last_seed = gr.State(-1)
+            ui["grid"] = gr.Image(label="X/Y plot", interactive=False, format="png", type="filepath",
+                                  elem_id="xyplot-grid", height=480)
+            ui["info"] = gr.Markdown(elem_id="xyplot-info")
+            ui["gallery"] = gr.Gallery(label="Single images", format="png", columns=4, height=None, preview=False,
+                                       elem_id="xyplot-gallery", interactive=False, object_fit="contain")
+    return ui
+
+
+AXIS_INPUTS = ("image", "strength", "x_type", "x_values", "y_type", "y_values", "x_samplers", "y_samplers")
+
+
+def wire(manager, writer: OutputWriter, ui: dict, history: gr.State, last_image: gr.State):
+    panel, generate, stop, last_seed = ui["panel"], ui["generate"], ui["stop"], gr.State(-1)
 
     def run(session, request: gr.Request, progress=gr.Progress(), image=None, strength=None, x_type=sweeps.NOTHING,
             x_values="", y_type=sweeps.NOTHING, y_values="", x_samplers=None, y_samplers=None, **values):
@@ -138,28 +153,32 @@ def build(manager, writer: OutputWriter, history: gr.State, last_image: gr.State
             return gr.skip(), gr.skip(), str(exc), *[gr.skip()] * 3
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
-        for warning in {w for result in sweep.results for w in result.warnings}:
-            gr.Warning(warning)
-        if sweep.results:
-            session = session.add_plot(sweep.results, sweep.files, sweep.grid_path, plan_title(plan))
-        singles = [(common.served(path), plan.cell_label(i // plan.base.num_images_per_prompt))
-                   for i, path in enumerate(sweep.paths)]
-        return (common.served(sweep.grid_path), singles, describe_sweep(sweep), session, singles[-1][0],
-                plan.base.seed)
+        return shown(plan, sweep, session)
 
     # by name; API callers may leave the pick lists out and give samplers as text
-    named = {**panel.inputs(), "image": image, "strength": strength, "x_type": x_type, "x_values": x_values,
-             "y_type": y_type, "y_values": y_values, "x_samplers": x_samplers, "y_samplers": y_samplers}
+    named = {**panel.inputs(), **{name: ui[name] for name in AXIS_INPUTS}}
     running = generate.click(common.running_buttons, outputs=[generate, stop], api_visibility="private",
                              queue=False).then(
-        run, inputs=[history], inputs_kwargs=named, outputs=[grid, gallery, info, history, last_image, last_seed],
+        run, inputs=[history], inputs_kwargs=named,
+        outputs=[ui["grid"], ui["gallery"], ui["info"], history, last_image, last_seed],
         api_name="xy_plot", concurrency_id=common.GPU, concurrency_limit=1)
     running.then(common.idle_buttons, outputs=[generate, stop], api_visibility="private", queue=False)
     stop.click(generate_tab.stop_run, api_visibility="private", queue=False)
     panel.reuse_seed.click(generate_tab.reuse, inputs=last_seed, outputs=panel.seed, api_visibility="private",
                            queue=False)
-    for kind, box, picker in ((x_type, x_values, x_samplers), (y_type, y_values, y_samplers)):
-        kind.change(axis_hint, inputs=kind, outputs=[box, picker], api_visibility="private", queue=False)
-    return {"panel": panel, "image": image, "strength": strength, "x_type": x_type, "x_values": x_values,
-            "y_type": y_type, "y_values": y_values, "x_samplers": x_samplers, "y_samplers": y_samplers, "grid": grid, "gallery": gallery, "info": info,
-            "generate": generate, "run": run}
+    for axis in ("x", "y"):
+        ui[f"{axis}_type"].change(axis_hint, inputs=ui[f"{axis}_type"],
+                                  outputs=[ui[f"{axis}_values"], ui[f"{axis}_samplers"]],
+                                  api_visibility="private", queue=False)
+    return run
+
+
+def shown(plan, sweep, session) -> tuple:
+    """What a finished plot shows: the grid, the singles, the summary; the plot joins History."""
+    for warning in {w for result in sweep.results for w in result.warnings}:
+        gr.Warning(warning)
+    if sweep.results:
+        session = session.add_plot(sweep.results, sweep.files, sweep.grid_path, plan_title(plan))
+    singles = [(cache.served(path), plan.cell_label(i // plan.base.num_images_per_prompt))
+               for i, path in enumerate(sweep.paths)]
+    return cache.served(sweep.grid_path), singles, describe_sweep(sweep), session, singles[-1][0], plan.base.seed

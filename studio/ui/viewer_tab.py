@@ -7,6 +7,7 @@ decoders; this module only lays out and wires events.
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 import weakref
@@ -19,7 +20,7 @@ import gradio as gr
 from studio import export, runs
 from studio.errors import StudioError
 from studio.history import SessionHistory
-from studio.ui import common
+from studio.ui import cache, common, form, uploads
 
 
 
@@ -75,7 +76,7 @@ def step_picture(manager, trajectory, index: int, which: str, decoder: str) -> s
         return known[1]
     latents = getattr(trajectory.steps[index], which)[:1]
     try:
-        path = common.picture_file(manager.decode(latents, decoder)[0])
+        path = cache.picture_file(manager.decode(latents, decoder)[0])
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     decoded[key] = (weakref.ref(trajectory), path)
@@ -94,7 +95,7 @@ def show_step(manager, history, choice, step, decoder):
         raise gr.Error(f"step={step!r} is not allowed: expected 1 to {len(trajectory.steps)}.")
     clean = step_picture(manager, trajectory, number - 1, "x0", decoder)  # x0 first: it is what people look at
     noisy = step_picture(manager, trajectory, number - 1, "latents", decoder)
-    chart = common.picture_file(export.schedule_chart(trajectory, number - 1))
+    chart = cache.picture_file(export.schedule_chart(trajectory, number - 1))
     return noisy, clean, step_caption(trajectory, number), chart
 
 
@@ -119,7 +120,7 @@ def redecode(manager, history, choice, step, decoder):
 
 def export_run(manager, history, choice, decoder, root: Path):
     """The run's GIF and contact sheet, written under `root` (the app's output folder, where
-    the studio writes), handed to the browser as cached copies (common.served)."""
+    the studio writes), handed to the browser as cached copies (cache.served)."""
     result = pick(history, choice)
     exports = Path(root) / "viewer-exports"
     exports.mkdir(parents=True, exist_ok=True)
@@ -128,7 +129,7 @@ def export_run(manager, history, choice, decoder, root: Path):
     gif = export.animated_gif(pairs, result.trajectory.steps, folder / "trajectory.gif")
     sheet = folder / "contact_sheet.png"
     export.contact_sheet(pairs, result.trajectory.steps).save(sheet)
-    return common.served(gif), common.served(sheet)
+    return cache.served(gif), cache.served(sheet)
 
 
 def open_saved(manager, history: SessionHistory, files, root: Path) -> SessionHistory:
@@ -158,75 +159,83 @@ def history_choices(history: SessionHistory):
 
 
 def build(manager, history: gr.State, last_image: gr.State, root: Path) -> dict:
-    """Lay out the viewer tab; its exports are written under `root`."""
+    """Lay out the viewer tab and wire it; its exports are written under `root`."""
     gr.Markdown("Every step of a run, after the run. **Left:** the noisy latents x_t entering the step. "
                 "**Right:** what the model predicts the clean picture x0 to be at that step.")
+    ui = layout(manager)
+    forward_section(manager, last_image)
+    wire(manager, ui, history, root)
+    return {"run": ui["choice"], "decoder": ui["decoder"], "shown": shown_of(ui)}  # History's "Open in viewer"
+
+
+def layout(manager) -> dict:
+    ui = {}
     with gr.Row():
-        choice = gr.Dropdown([], label="Run (this session)", elem_id="viewer-run", scale=4,
-                             allow_custom_value=True)  # API callers pass a run index; pick() checks it
-        decoder = gr.Radio(common.preview_choices(manager, with_off=False), value="fast", label="Decoder", elem_id="viewer-decoder", scale=2)
-        load = gr.Button("Show last run", elem_id="viewer-load", scale=1)
+        ui["choice"] = gr.Dropdown([], label="Run (this session)", elem_id="viewer-run", scale=4,
+                                   allow_custom_value=True)  # API callers pass a run index; pick() checks it
+        ui["decoder"] = gr.Radio(form.preview_choices(manager, with_off=False), value="fast", label="Decoder",
+                                 elem_id="viewer-decoder", scale=2)
+        ui["load"] = gr.Button("Show last run", elem_id="viewer-load", scale=1)
     with gr.Accordion("Open a saved run (the run.json and run.safetensors that --trajectory DIR writes)",
                       open=False):
-        saved = gr.File(label="Saved run files", file_count="multiple", type="filepath",
-                        file_types=[".json", ".safetensors", ".png"], elem_id="viewer-saved-run")
-    step = gr.Slider(1, 20, value=20, step=1, label="Step", elem_id="viewer-step")
-    caption = gr.Markdown(elem_id="viewer-caption")
+        ui["saved"] = gr.File(label="Saved run files", file_count="multiple", type="filepath",
+                              file_types=[".json", ".safetensors", ".png"], elem_id="viewer-saved-run")
+    ui["step"] = gr.Slider(1, 20, value=20, step=1, label="Step", elem_id="viewer-step")
+    ui["caption"] = gr.Markdown(elem_id="viewer-caption")
+    picture = dict(interactive=False, format="png", height=256, elem_classes="studio-picture")
     with gr.Row():
-        noisy = gr.Image(label="x_t (noisy)", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-xt", height=256)
-        clean = gr.Image(label="predicted x0", interactive=False, elem_classes="studio-picture", format="png", elem_id="viewer-x0", height=256)
-        chart = gr.Image(label="Noise schedule σ (log scale)", interactive=False, format="png", elem_id="viewer-chart")
-    strip = gr.Gallery(label="Filmstrip: predicted x0 at every step", columns=10, height="auto",
-                       format="png", elem_id="viewer-filmstrip", interactive=False, object_fit="contain")
+        ui["noisy"] = gr.Image(label="x_t (noisy)", elem_id="viewer-xt", **picture)
+        ui["clean"] = gr.Image(label="predicted x0", elem_id="viewer-x0", **picture)
+        ui["chart"] = gr.Image(label="Noise schedule σ (log scale)", interactive=False, format="png",
+                               elem_id="viewer-chart")
+    ui["strip"] = gr.Gallery(label="Filmstrip: predicted x0 at every step", columns=10, height="auto",
+                             format="png", elem_id="viewer-filmstrip", interactive=False, object_fit="contain")
     with gr.Row():
         with gr.Column(scale=1):
-            export_button = gr.Button("Export GIF and contact sheet", elem_id="viewer-export")
-            gif = gr.File(label="Animated GIF", elem_id="viewer-gif", interactive=False)
-            sheet = gr.File(label="Contact sheet", elem_id="viewer-sheet", interactive=False)
-        gif_view = gr.Image(label="The run as an animation: x_t | predicted x0", interactive=False,
-                            type="filepath", elem_id="viewer-gif-view", scale=2)
-    forward_section(manager, last_image)
+            ui["export"] = gr.Button("Export GIF and contact sheet", elem_id="viewer-export")
+            ui["gif"] = gr.File(label="Animated GIF", elem_id="viewer-gif", interactive=False)
+            ui["sheet"] = gr.File(label="Contact sheet", elem_id="viewer-sheet", interactive=False)
+        ui["gif_view"] = gr.Image(label="The run as an animation: x_t | predicted x0", interactive=False,
+                                  type="filepath", elem_id="viewer-gif-view", scale=2)
+    return ui
 
-    def do_load(history_, choice_, decoder_):
-        return load_run(manager, history_, choice_, decoder_)
 
-    def do_step(history_, choice_, step_, decoder_):
-        return show_step(manager, history_, choice_, step_, decoder_)
+def shown_of(ui: dict) -> list:
+    return [ui[name] for name in ("step", "noisy", "clean", "caption", "chart", "strip")]
 
-    def do_export(history_, choice_, decoder_):
-        return export_run(manager, history_, choice_, decoder_, root)
 
-    def do_redecode(history_, choice_, step_, decoder_):
+def wire(manager, ui: dict, history: gr.State, root: Path) -> None:
+    choice, decoder, step, shown = ui["choice"], ui["decoder"], ui["step"], shown_of(ui)
+    picked, pictures = [history, choice, decoder], shown[1:5]
+    gpu = dict(concurrency_id=common.GPU, concurrency_limit=1)
+
+    def redecode_any(history_, choice_, step_, decoder_):
         if not history_.runs():  # a decoder picked before any run: nothing to decode yet
             return (gr.skip(),) * 5
         return redecode(manager, history_, choice_, step_, decoder_)
 
-    def do_open(history_, files):
-        return open_saved(manager, history_, files, root)
-
-    shown = [step, noisy, clean, caption, chart, strip]
-    gpu = dict(concurrency_id=common.GPU, concurrency_limit=1)
     history.change(history_choices, inputs=history, outputs=choice, api_visibility="private", queue=False)
-    load.click(do_load, inputs=[history, choice, decoder], outputs=shown, api_name="viewer_load", **gpu)
-    saved.upload(do_open, inputs=[history, saved], outputs=history, api_name="viewer_open_run").success(
-        lambda history_, decoder_: load_run(manager, history_, None, decoder_), inputs=[history, decoder],
-        outputs=shown, api_visibility="private", **gpu)
-    choice.input(do_load, inputs=[history, choice, decoder], outputs=shown, api_visibility="private", **gpu)
-    step.change(do_step, inputs=[history, choice, step, decoder], outputs=[noisy, clean, caption, chart],
+    ui["load"].click(functools.partial(load_run, manager), inputs=picked, outputs=shown, api_name="viewer_load",
+                     **gpu)
+    ui["saved"].upload(functools.partial(open_saved, manager, root=root), inputs=[history, ui["saved"]],
+                       outputs=history, api_name="viewer_open_run").success(
+        lambda history_, decoder_: load_run(manager, history_, None, decoder_), inputs=[history, decoder], outputs=shown,
+        api_visibility="private", **gpu)
+    choice.input(functools.partial(load_run, manager), inputs=picked, outputs=shown, api_visibility="private", **gpu)
+    step.change(functools.partial(show_step, manager), inputs=[history, choice, step, decoder], outputs=pictures,
                 api_name="viewer_step", show_progress="hidden", **gpu)
-    decoder.change(do_redecode, inputs=[history, choice, step, decoder], outputs=[noisy, clean, caption, chart, strip],
+    decoder.change(redecode_any, inputs=[history, choice, step, decoder], outputs=[*pictures, ui["strip"]],
                    api_visibility="private", **gpu)
-    export_button.click(do_export, inputs=[history, choice, decoder], outputs=[gif, sheet],
-                        api_name="viewer_export", **gpu).success(
-        show_animation, inputs=gif, outputs=gif_view, api_visibility="private", queue=False)
-    return {"run": choice, "decoder": decoder, "shown": shown}  # for the History tab's "Open in viewer"
+    ui["export"].click(functools.partial(export_run, manager, root=root), inputs=picked,
+                       outputs=[ui["gif"], ui["sheet"]], api_name="viewer_export", **gpu).success(
+        show_animation, inputs=ui["gif"], outputs=ui["gif_view"], api_visibility="private", queue=False)
 
 
 def forward_section(manager, last_image: gr.State) -> None:
     gr.Markdown("### Forward process\nThe opposite direction: a clean picture noised to timestep t, "
                 "the way training and img2img do it (x_t = √ᾱ·x0 + √(1−ᾱ)·ε, in latent space).")
     with gr.Row():
-        source = common.PictureUpload(label="Picture", type="filepath", image_mode=None, elem_id="forward-image", height=200)
+        source = uploads.PictureUpload(label="Picture", type="filepath", image_mode=None, elem_id="forward-image", height=200)
         use_last = gr.Button("Use the last result", elem_id="forward-use-last")
         timestep = gr.Slider(0, 999, value=500, step=1, label="Timestep t", elem_id="forward-timestep")
     with gr.Row():
@@ -240,7 +249,7 @@ def forward_section(manager, last_image: gr.State) -> None:
             out = manager.forward_process(image, timestep=timestep)
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
-        return common.picture_file(out.picture), f"t = {out.timestep:.0f} · σ = {out.sigma:.3f}"
+        return cache.picture_file(out.picture), f"t = {out.timestep:.0f} · σ = {out.sigma:.3f}"
 
     use_last.click(last_picture, inputs=last_image, outputs=source, api_visibility="private", queue=False)
     gpu = dict(concurrency_id=common.GPU, concurrency_limit=1)
