@@ -42,7 +42,7 @@ def launch_options(settings: Settings) -> dict:
     from studio.web import Guard, SignInGate, slow_failures
 
     # No allowed_paths: the --outputs folder is never served as it is (its names can be guessed);
-    # the UI hands out copies in Gradio's cache under unguessable names (studio.ui.common.served).
+    # the UI hands out copies in Gradio's cache under unguessable names (studio.ui.cache.served).
     options = {"server_name": settings.host, "server_port": settings.port, "css": CSS,
                "auth": slow_failures(*settings.auth_pair()) if settings.auth else None,
                "max_file_size": MAX_UPLOAD, "show_error": True,
