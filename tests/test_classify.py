@@ -56,3 +56,11 @@ def test_a_shape_is_told_from_the_others_at_every_size(shape):
     for half in (6.5, 8.0, 9.5, 12.5, 14.0, 15.5):
         scene = shapes.Scene("white", shape, "black", "", "", half, 32.0, 32.0)
         assert classify.classify(np.asarray(shapes.render(scene))).shape == shape, half
+
+
+def test_the_box_iou_scores_the_drawings_high_and_another_shape_low(drawings):
+    """The stricter reading (issue 22): the drawn shape against the prompt's shape drawn in its box."""
+    right = [classify.box_iou(image, scene.shape) for image, scene in zip(drawings, SCENES)]
+    other = {"circle": "square", "square": "triangle", "triangle": "circle"}
+    swapped = [classify.box_iou(image, other[scene.shape]) for image, scene in zip(drawings, SCENES)]
+    assert min(right) >= 0.9 and np.median(swapped) < 0.8, (min(right), np.median(swapped))

@@ -97,6 +97,36 @@ def best_shape(alpha: np.ndarray) -> tuple[str, float]:
     return best, fits[best]
 
 
+FIT_HALVES = (-0.5, 0.0, 0.5, 1.0, 1.5)  # px added to the box's half-extent when fitting the ideal
+FIT_SHIFTS = (-1.0, 0.0, 1.0)            # px the ideal may move from the box's centre
+
+
+def box_iou(image: np.ndarray, shape: str) -> float:
+    """The stricter reading of a picture's shape: the intersection over union of what it draws
+    (coverage > 1/2) and the ideal `shape` (the prompt's) drawn in the same box, its corners and
+    edges where the box says. A rounded square, a lumpy circle or a spire of a triangle scores
+    low here even where `best_shape` still names it right. 0 when nothing is drawn."""
+    pixels = image.astype(np.float32)
+    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
+                             pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
+    background = np.median(border, axis=0)
+    far = np.linalg.norm(pixels - background, axis=2) > MIN_CONTRAST
+    if far.sum() < 4:
+        return 0.0
+    drawn = coverage(pixels, background, np.median(pixels[far], axis=0)) > 0.5
+    rows, cols = np.nonzero(drawn)
+    half = (rows.max() - rows.min() + 1 + cols.max() - cols.min() + 1) / 4
+    cx, cy = (cols.min() + cols.max() + 1) / 2, (rows.min() + rows.max() + 1) / 2
+
+    def iou(h: float, dx: float, dy: float) -> float:
+        ideal = shapes.coverage(shape, h, cx + dx, cy + dy) > 0.5
+        return float((drawn & ideal).sum() / (drawn | ideal).sum())
+
+    # The ideal is fitted to the box as the drawing's own threshold sees it: a triangle's thin
+    # apex and corners fall under 1/2, so its thresholded box is smaller than the box it fills.
+    return max(iou(half + dh, dx, dy) for dh in FIT_HALVES for dx in FIT_SHIFTS for dy in FIT_SHIFTS)
+
+
 def grid_position(centre: tuple[float, float], resolution: int) -> str:
     column = ("left", "", "right")[int(np.digitize(centre[0] / resolution, [0.375, 0.625]))]
     row = ("top", "", "bottom")[int(np.digitize(centre[1] / resolution, [0.375, 0.625]))]

@@ -110,15 +110,19 @@ def main(argv: list[str] | None = None) -> None:
     verdicts = [classify.classify(im) for im in images]
     accuracy = classify.score(verdicts, scenes)
     fit = float(np.median([v.shape_fit or 0.0 for v in verdicts]))
+    ious = np.array([classify.box_iou(im, s.shape) for im, s in zip(images, scenes)])
+    iou = {"box_iou_median": round(float(np.median(ious)), 3), "box_iou_at_least_0.75": round(float((ious >= 0.75).mean()), 4)}
     psnr = vae_psnr(pipe.vae)
     picks = random.Random(0).sample(range(len(images)), 32)
     sample_grid([images[i] for i in picks], [prompts[i] for i in picks]).save(
         args.grid or args.model / "samples.png")
     result = {"images": len(images), "steps": args.steps, "guidance_scale": args.guidance_scale,
-              "accuracy": accuracy, "shape_fit_median": round(fit, 3), "vae_psnr_db": round(psnr, 2),
+              "accuracy": accuracy, "shape_fit_median": round(fit, 3), **iou, "vae_psnr_db": round(psnr, 2),
               "passed": bool(all(accuracy[k] >= b for k, b in BARS.items()) and psnr >= PSNR_BAR)}
     (args.model / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(accuracy, fit, psnr, len(images)))
+    print(f"box IoU against the prompt's shape: median {iou['box_iou_median']}, "
+          f"{iou['box_iou_at_least_0.75']:.1%} of pictures at 0.75 or more")
 
 
 if __name__ == "__main__":
