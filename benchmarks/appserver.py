@@ -77,7 +77,9 @@ def wait_until_serving(url: str, process: subprocess.Popen) -> None:
 
 
 def cache_files(cache: Path) -> list[Path]:
-    return [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+    """The files under `cache` now. The server prunes it meanwhile: a folder that goes while it
+    is walked is skipped (rglob raised FileNotFoundError there and ended a soak)."""
+    return [Path(root) / name for root, _, names in os.walk(cache) for name in names]
 
 
 def no_save_folder(server: Server) -> Path:
@@ -86,5 +88,8 @@ def no_save_folder(server: Server) -> Path:
 
 
 def oldest_file(folder: Path) -> float:
-    now = time.time()
-    return max((now - p.stat().st_ctime for p in cache_files(folder)), default=0.0)
+    now, ages = time.time(), []
+    for path in cache_files(folder):
+        with contextlib.suppress(FileNotFoundError):  # pruned since it was listed
+            ages.append(now - path.stat().st_ctime)
+    return max(ages, default=0.0)

@@ -177,6 +177,8 @@ def soak_phase(server: Server, generations: int, steps: int, cache_max_age: int,
             "generations_per_second": generations / wall, "latency": latency([{"seconds": s} for s in seconds]),
             "rss_mb_after_warmup": settled, "rss_mb_final": final, "rss_mb_max": max(rss),
             "rss_growth": (final - settled) / settled, "warmup_generations": warmup,
+            # the RSS over the soak, a median per tenth of its generations: does it level off?
+            "rss_mb_by_tenth": [round(float(np.median(part)), 1) for part in np.array_split(rss, 10)],
             "cache_max_age": age, "cache_prune_every": frequency,
             "cache_files_max": seen_in_cache, "cache_files_final": len(cache_files(server.cache)),
             "cache_oldest_file_seconds": oldest, "cache_pruned": wall > limit and oldest <= limit,
