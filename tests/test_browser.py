@@ -141,7 +141,7 @@ def test_stop_ends_a_long_run_says_where_and_the_next_generate_works(page, artif
     expect(page.locator("#txt2img-live-preview img")).to_be_visible(timeout=GENERATION_SECONDS * 1000)
 
     info, generate, stop = (page.locator(f"#txt2img-{name}") for name in ("info", "generate", "stop"))
-    expect(info).to_contain_text(re.compile(r"step \d+ of 150 · [\d.]+ steps/s"))  # visible progress
+    expect(info).to_contain_text(re.compile(r"step \d+ of 150 · [\d.]+ steps/s"), timeout=GENERATION_SECONDS * 1000)
     expect(generate).to_be_disabled()  # a second press cannot be lost silently
     page.screenshot(path=artifacts / "txt2img-running.png", full_page=True)
 
@@ -174,8 +174,10 @@ def test_closing_the_page_stops_its_run_even_without_previews(page, bundled_mana
     set_number(page, "txt2img-height", 256)
     page.locator("#txt2img-preview label", has_text="Off").click()
     page.click("#txt2img-generate")
-    expect(page.locator("#txt2img-gallery [data-testid=status-tracker]")).to_contain_text("/150")
-    assert bundled_manager._running_cancel is not None  # the run is under way
+    # the run under way (on a loaded machine its first step comes after expect's default 5 s)
+    expect(page.locator("#txt2img-gallery [data-testid=status-tracker]")).to_contain_text(
+        "/150", timeout=GENERATION_SECONDS * 1000)
+    assert bundled_manager._running_cancel is not None
     page.context.close()
     # the whole run takes over a minute here; stopped, it ends after the step under way
     assert bundled_manager._lock.acquire(timeout=GENERATION_SECONDS), "the run went on after the page closed"
