@@ -39,16 +39,17 @@ def launch_options(settings: Settings) -> dict:
     from starlette.middleware import Middleware
 
     from studio.ui import CSS, TITLE, admission
-    from studio.web import Guard, SignInGate, slow_failures
+    from studio.web import Guard, JsonGuard, SignInGate, slow_failures
 
     # No allowed_paths: the --outputs folder is never served as it is (its names can be guessed);
     # the UI hands out copies in Gradio's cache under unguessable names (studio.ui.cache.served).
     options = {"server_name": settings.host, "server_port": settings.port, "css": CSS,
                "auth": slow_failures(*settings.auth_pair()) if settings.auth else None,
                "max_file_size": MAX_UPLOAD, "show_error": True,
-               "app_kwargs": {"middleware": [Middleware(Guard, max_body=MAX_BODY, hosts=allowed_hosts(settings),
-                                                        check_json=admission.checks(settings))]
-                              + ([Middleware(SignInGate)] if settings.auth else [])},
+               # outermost first: size and Host, then sign-in, then the JSON checks (which name events)
+               "app_kwargs": {"middleware": [Middleware(Guard, max_body=MAX_BODY, hosts=allowed_hosts(settings))]
+                              + ([Middleware(SignInGate)] if settings.auth else [])
+                              + [Middleware(JsonGuard, check=admission.checks(settings))]},
                # each session's history (trajectories included) stays in memory: keep it bounded
                "state_session_capacity": settings.max_sessions}
     if settings.auth_pair():

@@ -6,10 +6,11 @@ before the app reads anything:
   chunked (a 100 MB JSON body was accepted and parsed before);
 - a Host header naming another server (`hosts`), 400: a DNS-rebinding page at evil.example
   whose name resolves to 127.0.0.1 would otherwise drive a local studio from the browser;
-- a JSON body that is not strict JSON (NaN, Infinity), 422, or one that `check_json` refuses,
-  with the status it gives: Gradio answered a top-level NaN, and an event index it does not
-  have, with a bare HTTP 500. These answer FastAPI's `{"detail": ...}`, which clients show.
-It is plain ASGI (and Starlette's HTTPException); it knows nothing of Gradio.
+`JsonGuard`, inside the sign-in gate (so a visitor who has not signed in learns nothing of the
+app's events), refuses a JSON body that is not strict JSON (NaN, Infinity), 422, or one its
+`check` refuses, with the status that gives: Gradio answered a top-level NaN, and an event index
+it does not have, with a bare HTTP 500. It answers FastAPI's `{"detail": ...}`, which clients show.
+Both are plain ASGI (and Starlette's HTTPException); they know nothing of Gradio.
 """
 from __future__ import annotations
 
@@ -58,9 +59,8 @@ JsonCheck = Callable[[dict, object], "tuple[int, str] | None"]
 
 
 class Guard:
-    def __init__(self, app, max_body: int, hosts: tuple[str, ...] | None = None,
-                 check_json: JsonCheck | None = None):
-        self.app, self.max_body, self.check_json = app, max_body, check_json
+    def __init__(self, app, max_body: int, hosts: tuple[str, ...] | None = None):
+        self.app, self.max_body = app, max_body
         self.hosts = None if hosts is None else {h.lower() for h in hosts}
 
     async def __call__(self, scope, receive, send):
@@ -91,25 +91,37 @@ class Guard:
             await send(message)
 
         try:
-            if headers.get(b"content-type", b"").split(b";")[0].strip() == b"application/json":
-                body = await read_body(counted_receive)
-                problem = self.json_problem(scope, body)
-                if problem:
-                    return await refuse(scope, send, *problem, as_json=True)
-                counted_receive = replay(body, receive)
             await self.app(scope, counted_receive, tracked_send)
         except BodyTooLarge as exc:
             if not started:
                 await refuse(scope, send, 413, exc.detail)
 
-    def json_problem(self, scope, body: bytes) -> tuple[int, str] | None:
+
+class JsonGuard:
+    """Reads a JSON request's body (within Guard's limit, which sits outside it), refuses it if
+    it is not strict JSON or `check` says so, else hands the app the same body."""
+
+    def __init__(self, app, check: JsonCheck | None = None):
+        self.app, self.check = app, check
+
+    async def __call__(self, scope, receive, send):
+        headers = {k.lower(): v for k, v in scope.get("headers", [])} if scope["type"] == "http" else {}
+        if headers.get(b"content-type", b"").split(b";")[0].strip() != b"application/json":
+            return await self.app(scope, receive, send)
+        body = await read_body(receive)
+        problem = self.problem(scope, body)
+        if problem:
+            return await refuse(scope, send, *problem, as_json=True)
+        await self.app(scope, replay(body, receive), send)
+
+    def problem(self, scope, body: bytes) -> tuple[int, str] | None:
         if not body:
             return None
         try:
             parsed = strict_json(body)
         except ValueError as exc:
             return 422, str(exc)
-        return self.check_json(scope, parsed) if self.check_json else None
+        return self.check(scope, parsed) if self.check else None
 
 
 async def read_body(receive) -> bytes:

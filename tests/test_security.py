@@ -440,6 +440,14 @@ def test_auth_refuses_a_client_with_a_wrong_password(auth_app):
         Client(auth_app[0], verbose=False, auth=("ann", "wrong"))
 
 
+@pytest.mark.parametrize("body", ['{"data": [], "fn_index": 999, "session_hash": "s"}', "NaN"])
+def test_auth_says_nothing_of_the_apps_events_before_sign_in(auth_app, body):
+    """The JSON checks name the app's events ("its events are 0 to 48"): only after the gate."""
+    response = httpx.post(auth_app[0] + "gradio_api/queue/join", content=body,
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    assert response.status_code == 401 and "events" not in response.text, response.text
+
+
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "config"), ("GET", "gradio_api/info"), ("POST", "gradio_api/call/txt2img"),
     ("POST", "gradio_api/upload"), ("POST", "gradio_api/queue/join"),
