@@ -52,17 +52,25 @@ def coverage(pixels: np.ndarray, background: np.ndarray, foreground: np.ndarray)
     return np.clip(alpha, 0.0, 1.0)
 
 
-def classify(image: np.ndarray) -> Verdict:
-    """`image`: (h, w, 3) uint8, h = w = shapes.RESOLUTION."""
+def read_colours(image: np.ndarray):
+    """(background, shape colour, coverage): the border's median colour, the median of the pixels
+    far from it, and each pixel's place between the two; no shape colour if too few are far."""
     pixels = image.astype(np.float32)
     border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
                              pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
     background = np.median(border, axis=0)
     far = np.linalg.norm(pixels - background, axis=2) > MIN_CONTRAST
     if far.sum() < 4:
-        return Verdict(None, nearest_colour(background), None, None, None)
+        return background, None, None
     foreground = np.median(pixels[far], axis=0)
-    alpha = coverage(pixels, background, foreground)
+    return background, foreground, coverage(pixels, background, foreground)
+
+
+def classify(image: np.ndarray) -> Verdict:
+    """`image`: (h, w, 3) uint8, h = w = shapes.RESOLUTION."""
+    background, foreground, alpha = read_colours(image)
+    if foreground is None:
+        return Verdict(None, nearest_colour(background), None, None, None)
     rows, cols = np.nonzero(alpha > 0.5)
     if len(rows) == 0:
         return Verdict(nearest_colour(foreground), nearest_colour(background), None, None, None)
@@ -106,14 +114,10 @@ def box_iou(image: np.ndarray, shape: str) -> float:
     (coverage > 1/2) and the ideal `shape` (the prompt's) drawn in the same box, its corners and
     edges where the box says. A rounded square, a lumpy circle or a spire of a triangle scores
     low here even where `best_shape` still names it right. 0 when nothing is drawn."""
-    pixels = image.astype(np.float32)
-    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
-                             pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
-    background = np.median(border, axis=0)
-    far = np.linalg.norm(pixels - background, axis=2) > MIN_CONTRAST
-    if far.sum() < 4:
+    _, foreground, alpha = read_colours(image)
+    if foreground is None:
         return 0.0
-    drawn = coverage(pixels, background, np.median(pixels[far], axis=0)) > 0.5
+    drawn = alpha > 0.5
     rows, cols = np.nonzero(drawn)
     half = (rows.max() - rows.min() + 1 + cols.max() - cols.min() + 1) / 4
     cx, cy = (cols.min() + cols.max() + 1) / 2, (rows.min() + rows.max() + 1) / 2
