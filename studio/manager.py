@@ -25,7 +25,8 @@ from studio import devices, forward, images, models, noise, prompts, schedulers,
 from studio.config import Settings
 from studio.errors import GenerationCancelled, StudioError
 from studio.previews import PreviewDecoder
-from studio.requests import MAX_SEED, GenerationRequest, GenerationResult, check_inputs, check_limits
+from studio.fields import MAX_SEED
+from studio.requests import GenerationRequest, GenerationResult, check_inputs, check_limits
 from studio.trajectory import TrajectoryRecorder, schedule_sigmas
 from studio.unconditional import UnconditionalRunner
 

@@ -15,8 +15,8 @@ import random
 from PIL import Image
 
 from studio.errors import StudioError, bad_argument
-from studio.fields import (FIELDS, MAX_BATCH, MAX_BATCH_COUNT, MAX_GUIDANCE, MAX_SEED, MAX_SIDE,  # noqa: F401
-                           MAX_STEPS, MIN_SIDE, Field, GenerationRequest, steps_to_run)
+from studio.fields import (FIELD, FIELDS, MAX_BATCH_COUNT, MAX_SEED, MAX_SIDE, MIN_SIDE, Field,
+                           GenerationRequest, steps_to_run)  # GenerationRequest: importers take it from here
 
 SIZE_FACTOR = 4.0  # width and height go up to this many times the model's native size (--size-factor)
 # A shared (public) server takes at most this much work in one request, counted in steps of one
@@ -137,8 +137,8 @@ def batches(request: GenerationRequest, count) -> list[GenerationRequest]:
     batch has seeds 12 and 13, so any picture can be made again alone from its own seed. A random
     seed (-1) is drawn once, for the first picture."""
     whole_number("batch_count", count, 1, MAX_BATCH_COUNT)
-    whole_number("num_images_per_prompt", request.num_images_per_prompt, 1, MAX_BATCH)
-    whole_number("seed", request.seed, -1, MAX_SEED)
+    check_field(FIELD["num_images_per_prompt"], request.num_images_per_prompt)
+    check_field(FIELD["seed"], request.seed)
     base = int(request.seed) if int(request.seed) >= 0 else random.randrange(MAX_SEED + 1)
     size = int(request.num_images_per_prompt)
     return [dataclasses.replace(request, seed=(base + k * size) % (MAX_SEED + 1)) for k in range(int(count))]

@@ -21,8 +21,8 @@ from PIL import Image, PngImagePlugin
 
 from studio import grids, metadata, schedulers
 from studio.errors import GenerationCancelled, StudioError, bad_argument
-from studio.fields import AXES, FIELD
-from studio.requests import MAX_SEED, GenerationRequest, check_inputs
+from studio.fields import AXES, FIELD, MAX_SEED
+from studio.requests import GenerationRequest, check_inputs
 
 MAX_CELLS = 64
 NOTHING = "nothing"

@@ -4,7 +4,8 @@ import math
 import pytest
 
 from studio.errors import StudioError
-from studio.requests import MAX_SEED, GenerationRequest, batches, check_inputs
+from studio.fields import MAX_SEED
+from studio.requests import GenerationRequest, batches, check_inputs
 
 BAD = [
     ("num_inference_steps", 0), ("num_inference_steps", -1), ("num_inference_steps", 3.7),

@@ -12,13 +12,13 @@ import gradio as gr
 
 from studio import fields
 from studio.errors import StudioError
-from studio.requests import GenerationRequest, batches, steps_to_run
+from studio.requests import GenerationRequest, batches
 from studio.ui import cache, common, form, stops, uploads
 from studio.outputs import OutputWriter
 
 
 def strength_note(steps, strength) -> str:
-    run = steps_to_run(int(steps), float(strength))
+    run = fields.steps_to_run(int(steps), float(strength))
     if run < 1:
         return f"⚠️ int({int(steps)} × {strength:g}) = 0: no step would run. Raise the strength or the steps."
     return (f"**{run} of {int(steps)} steps will run**: the picture is noised to step "

@@ -14,8 +14,7 @@ import gradio as gr
 from PIL import UnidentifiedImageError
 
 from studio import metadata
-from studio.fields import PANEL
-from studio.requests import MAX_SIDE
+from studio.fields import MAX_SIDE, PANEL
 from studio.ui import cache, uploads
 
 # The parameter panel's controls that a PNG fills, by their GenerationRequest names.
