@@ -41,7 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--step", type=int, default=None, help="1-based step: its x_t | x0 (default: every step)")
     i.add_argument("--out", type=Path, default=None, help="PNG to write: the step, or the contact sheet")
     i.add_argument("--decoder", choices=[p for p in config.PREVIEWS if p != "none"], default="full")
+    i.add_argument("--cfg", type=float, default=None, metavar="S",
+                   help="with --step and --out: x0 at that step re-mixed at guidance S (the CFG lens; no UNet call)")
     config.add_model_arguments(i, {**config.defaults(), "model": None})
+    b = commands.add_parser("branch", help="carry on a saved run from one of its steps, with changes")
+    b.add_argument("run", type=Path, help="the folder --trajectory wrote (run.json and run.safetensors)")
+    b.add_argument("--at-step", type=int, required=True, help="the parent's steps to keep (0 to its steps - 1)")
+    for name in fields.BRANCHABLE:  # None: as the parent
+        field = fields.FIELD[name]
+        b.add_argument(field.flag, dest=name, type=field.kind, default=None, metavar=field.flag[2:].upper().replace("-", "_"),
+                       help=f"new {field.label.lower()} (default: the parent's)")
+    b.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    b.add_argument("--trajectory", type=Path, default=None, help="folder for the branch's steps and run files, as generate writes them")
+    config.add_model_arguments(b, {**config.defaults(), "model": None})
     return parser
 
 
@@ -97,20 +109,23 @@ def generate(args: argparse.Namespace) -> None:
             metadata.save_png(image, path, result, seed)
             print(f"{path}  seed={seed}")
         if args.trajectory is not None:
-            from studio import export, runs
-
             decoder = "full" if args.preview == "none" else args.preview
-            folder = args.trajectory if len(plan) == 1 else args.trajectory / f"batch-{k}"
-            written = export.write_trajectory(manager, result, folder, decoder) + runs.save(result, folder)
-            print(f"trajectory: {len(written)} files in {folder} (the run: {folder / runs.DESCRIPTION})")
+            save_trajectory(manager, result, args.trajectory if len(plan) == 1 else args.trajectory / f"batch-{k}",
+                            decoder)
         print(f"{result.timings['steps']} steps in {result.timings['total']:.2f} s")
+
+
+def save_trajectory(manager, result, folder: Path, decoder: str) -> None:
+    from studio import export, runs
+
+    written = export.write_trajectory(manager, result, folder, decoder) + runs.save(result, folder)
+    print(f"trajectory: {len(written)} files in {folder} (the run: {folder / runs.DESCRIPTION})")
 
 
 def inspect(args: argparse.Namespace) -> None:
     """Print a saved run's summary; with --out, write its contact sheet, or step --step's x_t | x0,
     decoded as the viewer decodes them (by the run's own model unless --model names another)."""
     from studio import export, runs
-    from studio.manager import PipelineManager
 
     result = runs.load(args.run)
     r, steps = result.request, result.trajectory.steps
@@ -119,12 +134,21 @@ def inspect(args: argparse.Namespace) -> None:
           f"[{result.model_hash}]")
     if args.step is not None and not 1 <= args.step <= len(steps):
         raise StudioError(f"step={args.step} is not allowed: expected 1 to {len(steps)}.")
+    if args.cfg is not None and (args.step is None or args.out is None):
+        raise StudioError(f"cfg={args.cfg}: the lens needs --step K and --out FILE.png.")
     if args.out is None:
         return
-    manager = PipelineManager(config.Settings(model=args.model or result.model, device=args.device,
-                                              dtype=args.dtype, tiny_vae=args.tiny_vae, cache_dir=args.cache_dir))
-    manager.load()
-    manager.check_same_model(result)
+    manager = run_manager(args, result)
+    if args.cfg is not None:
+        from studio import lens
+
+        step = steps[args.step - 1]
+        reason = lens.no_lens_reason(result)
+        if reason:
+            raise StudioError(f"cfg={args.cfg}: {reason}")
+        manager.decode(lens.remix(step, args.cfg, r.guidance_scale)[:1], args.decoder)[0].save(args.out)
+        print(f"wrote {args.out}: x0 at step {args.step} re-mixed at guidance {args.cfg:g} (the run's: {r.guidance_scale:g})")
+        return
     pairs = export.step_pictures(manager, result.trajectory, args.decoder)
     if args.step is None:
         export.contact_sheet(pairs, steps).save(args.out)
@@ -134,11 +158,48 @@ def inspect(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def run_manager(args: argparse.Namespace, result):
+    """A manager with the saved run's own model loaded (or --model's, which must be the same)."""
+    from studio.manager import PipelineManager
+
+    manager = PipelineManager(config.Settings(model=args.model or result.model, device=args.device,
+                                              dtype=args.dtype, tiny_vae=args.tiny_vae, cache_dir=args.cache_dir))
+    manager.load()
+    manager.check_same_model(result)
+    return manager
+
+
+def branch(args: argparse.Namespace) -> None:
+    """Carry the saved run on from --at-step with the changes given; write the PNG (and, with
+    --trajectory, the branch's steps and run files); print the steps it ran."""
+    from studio import branching, runs
+
+    parent = runs.load(args.run)
+    changes = {name: getattr(args, name) for name in fields.BRANCHABLE}
+    manager = run_manager(args, parent)
+    with tqdm(total=len(parent.trajectory.steps), initial=args.at_step, desc="branch", unit="step") as bar:
+        result = branching.branch(manager, parent, args.at_step, on_step=lambda n, total, _: bar.update(n - bar.n),
+                                  parent_run=str(args.run), **changes)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for path, image, seed in zip(output_paths(args.out, len(result.images)), result.images, result.seeds):
+        metadata.save_png(image, path, result, seed)
+        print(f"{path}  seed={seed}")
+    if args.trajectory is not None:
+        save_trajectory(manager, result, args.trajectory, "full")
+    ran = result.timings["steps"]
+    first = len(result.trajectory.steps) - ran + 1
+    print(f"ran steps {first} to {len(result.trajectory.steps)} ({ran} steps; steps 1 to {first - 1} are the parent's) "
+          f"in {result.timings['total']:.2f} s")
+
+
+COMMANDS = {"generate": generate, "inspect": inspect, "branch": branch}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        inspect(args) if args.command == "inspect" else generate(args)
+        COMMANDS[args.command](args)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -74,8 +74,9 @@ def animated_gif(pairs: list[tuple], steps, path: Path) -> Path:
     return path
 
 
-def chart_axes(draw, xy, count: int, levels: tuple[float, float], margins: tuple, size: tuple) -> None:
-    """The schedule chart's frame: a labelled grid line at each power of ten, five step ticks."""
+def chart_axes(draw, xy, count: int, levels: tuple[float, float], margins: tuple, size: tuple,
+               label: str | None = None) -> None:
+    """A chart's frame: a labelled grid line at each power of ten, five step ticks."""
     (low, high), (left, right, top, bottom), (width, height) = levels, margins, size
     for power in range(math.ceil(low), math.floor(high) + 1):
         y = xy(0, 10.0 ** power)[1]
@@ -87,7 +88,8 @@ def chart_axes(draw, xy, count: int, levels: tuple[float, float], margins: tuple
         draw.text((x, height - bottom + 6), str(tick + 1), fill="black", font=font(10), anchor="ma")
     draw.line((left, height - bottom, width - right, height - bottom), fill="black")
     draw.line((left, top, left, height - bottom), fill="black")
-    draw.text((left, top - 4), f"noise level {sigma_sign()} (log scale)", fill="black", font=font(11), anchor="ld")
+    label = label or f"noise level {sigma_sign()} (log scale)"
+    draw.text((left, top - 4), label, fill="black", font=font(11), anchor="ld")
     draw.text(((left + width - right) / 2, height - 4), "step", fill="black", font=font(11), anchor="md")
 
 
@@ -126,6 +128,43 @@ def schedule_chart(trajectory, current: int | None = None, size=(420, 220)) -> I
         draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=(220, 60, 60))
         draw.text((min(x + 6, width - right - 60), max(y - 14, top)), f"{sigma_sign()}={step.sigma:.3g}",
                   fill=(220, 60, 60), font=font(10))
+    return chart
+
+
+def convergence_chart(moves: list[float], threshold: float, settled: int | None, current: int | None = None,
+                      size=(420, 220)) -> Image.Image:
+    """How far x0 moved into each step (studio.lens.changes), a bar per step on a log scale, the
+    threshold dashed, and the step the picture settled at marked. `current` is 0-based."""
+    width, height = size
+    left, right, top, bottom = 56, 14, 22, 40
+    chart = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(chart)
+    count = len(moves) + 1  # steps: the first has no move into it
+    floor = min([m for m in moves if m > 0] + [threshold]) / 2
+    low, high = math.log10(floor), math.log10(max(moves + [threshold * 2]))
+
+    def xy(i: int, value: float) -> tuple[float, float]:
+        x = left + (width - left - right) * i / max(count - 1, 1)
+        level = math.log10(max(value, floor))
+        return x, top + (height - top - bottom) * (high - level) / (high - low)
+
+    chart_axes(draw, xy, count, (low, high), (left, right, top, bottom), size,
+               label="how far x0 moved into each step (share of its size, log)")
+    bar = max((width - left - right) / max(count, 1) * 0.6, 1.0)
+    for i, move in enumerate(moves, start=1):
+        x, y = xy(i, move)
+        colour = (40, 90, 200) if move > threshold else (150, 170, 210)
+        draw.rectangle((x - bar / 2, y, x + bar / 2, height - bottom), fill=colour)
+    y = xy(0, threshold)[1]
+    for x in range(left, width - right, 8):
+        draw.line((x, y, x + 4, y), fill=(90, 160, 90))
+    if settled is not None:
+        x = xy(settled - 1, floor)[0]
+        draw.line((x, top, x, height - bottom), fill=(90, 160, 90), width=2)
+        draw.text((min(x + 4, width - right - 80), top + 2), f"settled after {settled}", fill=(60, 130, 60), font=font(10))
+    if current is not None:
+        x = xy(current, floor)[0]
+        draw.line((x, top, x, height - bottom), fill=(220, 60, 60))
     return chart
 
 

@@ -99,6 +99,8 @@ FIELD = {f.name: f for f in FIELDS}
 # The fields a generation tab shows and the API takes, in the order the panel lays them out
 PANEL = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "width", "height",
          "scheduler", "num_images_per_prompt", "seed", "subseed", "subseed_strength", "preview")
+# What a branch may change when it carries a run on from a step (studio.branching); the rest is the parent's.
+BRANCHABLE = ("prompt", "negative_prompt", "guidance_scale", "scheduler", "seed")
 BY_INFOTEXT = {f.infotext: f for f in FIELDS if f.infotext}
 AXES = {f.name: f.axis for f in FIELDS if f.axis}
 

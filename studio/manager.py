@@ -149,17 +149,18 @@ class PipelineManager:
             running.set()
 
     def generate(self, request: GenerationRequest, on_step=None,
-                 cancel: threading.Event | None = None) -> GenerationResult:
+                 cancel: threading.Event | None = None, start=None) -> GenerationResult:
         """Run one request; `on_step(step, total, previews_or_None)` is called after each step.
 
-        Setting `cancel` (or calling `cancel()`) stops it at its next step."""
+        Setting `cancel` (or calling `cancel()`) stops it at its next step. `start` (a
+        studio.branching.Start) carries on from a step of an earlier run: see `branch`."""
         request = check_inputs(request)
         cancel = cancel or threading.Event()
         with self._lock:
             self._running_cancel = cancel
             try:
                 model = self._require_model()
-                return self._run(model, request, on_step, cancel)
+                return self._run(model, request, on_step, cancel, start)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not isinstance(exc, torch.OutOfMemoryError) and "out of memory" not in str(exc).lower():
                     raise
@@ -172,7 +173,7 @@ class PipelineManager:
             raise StudioError(message)
 
     def _run(self, model: LoadedModel, request: GenerationRequest, on_step,
-             cancel: threading.Event) -> GenerationResult:
+             cancel: threading.Event, start=None) -> GenerationResult:
         started = time.perf_counter()
         warnings: list[str] = []
         # 1. Resolve what the request leaves open: size, seeds, pipeline and a fresh scheduler
@@ -183,8 +184,11 @@ class PipelineManager:
         if model.unconditional and request.is_img2img:
             raise StudioError(f"model={model.source.name!r} is unconditional (no prompt, no image "
                               "input): image to image needs a text-to-image model.")
-        pipe = model.img2img if request.is_img2img else model.runner
+        # A resumed run (img2img too) only denoises: the text-to-image loop, from its latents
+        pipe = model.img2img if request.is_img2img and start is None else model.runner
         pipe.scheduler = schedulers.make_scheduler(request.scheduler, model.scheduler_config, seeds)
+        if start is not None:
+            pipe.scheduler, generators = start.prepare(pipe.scheduler, generators)
         request = dataclasses.replace(request, width=width, height=height, seed=base_seed)
         check_limits(request, model.native_size, self.settings.size_factor, self.settings.public)
 
@@ -198,29 +202,36 @@ class PipelineManager:
         # 3. img2img input, upright RGB at the requested size
         if model.unconditional:
             pass
-        elif request.is_img2img:
+        elif request.is_img2img and start is None:
             kwargs |= {"image": images.prepare(request.image, width, height), "strength": request.strength}
         else:
             kwargs |= {"width": width, "height": height}
-        latents, request = noise.variation(pipe, request, generators, width, height)
-        kwargs |= latents
+        if start is None:
+            latents, request = noise.variation(pipe, request, generators, width, height)
+            kwargs |= latents
+        else:
+            kwargs["latents"] = start.latents
 
-        # 4. The recorder behind callback_on_step_end: trajectory, previews, cancel
+        # 4. The recorder behind callback_on_step_end: trajectory, previews, cancel, resumable state
         total = request.steps_to_run()
         recorder = TrajectoryRecorder(request.num_inference_steps,
                                       start_step=request.num_inference_steps - total,
                                       on_step=self._step_reporter(model, request, total, on_step),
-                                      should_stop=cancel.is_set)
+                                      should_stop=cancel.is_set, generators=generators,
+                                      steps=start.steps if start is not None else ())
         recorder.trajectory.schedule = schedule_sigmas(
             schedulers.make_scheduler(request.scheduler, model.scheduler_config), request.num_inference_steps)
-        recorder.attach(pipe.scheduler)
+        recorder.attach(pipe.scheduler, getattr(pipe, "unet", None))
 
         # 5. Denoise and decode
         denoise_started = time.perf_counter()
-        output = pipe(num_inference_steps=request.num_inference_steps,
-                      guidance_scale=request.guidance_scale,
-                      num_images_per_prompt=request.num_images_per_prompt, generator=generators,
-                      output_type="np", callback_on_step_end=recorder.callback, **kwargs)
+        try:
+            output = pipe(num_inference_steps=request.num_inference_steps,
+                          guidance_scale=request.guidance_scale,
+                          num_images_per_prompt=request.num_images_per_prompt, generator=generators,
+                          output_type="np", callback_on_step_end=recorder.callback, **kwargs)
+        finally:
+            recorder.close()
         if cancel.is_set():
             done = len(recorder.trajectory.steps)
             raise GenerationCancelled(f"Stopped at step {done} of {total}.")
@@ -231,6 +242,7 @@ class PipelineManager:
             raise StudioError(f"The model produced NaN pixels in {devices.dtype_name(self.dtype)}; "
                               "try --dtype float32 (or bfloat16), or a VAE that works in float16.")
         finished = time.perf_counter()
+        ran = len(recorder.trajectory.steps) - len(start.steps if start is not None else ())
         if recorder.trajectory.final is not None:  # fast previews learn the colours it drew
             self.previews.learn(model, recorder.trajectory.final, pixels)
         return GenerationResult(
@@ -238,8 +250,9 @@ class PipelineManager:
             model=model.source.name, model_hash=model.hash, device=self.device,
             dtype=devices.dtype_name(self.dtype), warnings=warnings, trajectory=recorder.trajectory,
             scheduler_name=schedulers.name_of(pipe.scheduler),
+            lineage=start.lineage if start is not None else None,
             timings={"total": finished - started, "denoise_and_decode": finished - denoise_started,
-                     "steps": total, "seconds_per_step": (finished - denoise_started) / max(total, 1)})
+                     "steps": ran, "seconds_per_step": (finished - denoise_started) / max(ran, 1)})
 
     def forward_process(self, image, **options) -> forward.ForwardResult:
         """`image` noised the way a run does it (studio.forward.ForwardProcess), under the lock."""

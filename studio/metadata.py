@@ -62,6 +62,8 @@ def format_parameters(result, seed: int) -> str:
         fields["Batch size"] = len(result.seeds)
         fields["Batch pos"] = result.seeds.index(seed)
     fields |= extra_fields(r)
+    if getattr(result, "lineage", None) is not None:  # a branch: where it left its parent (studio.branching)
+        fields |= result.lineage.infotext()
     fields["Version"] = f"diffusion-studio {__version__}"
     lines = [r.prompt]
     if r.negative_prompt:

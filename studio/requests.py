@@ -39,6 +39,7 @@ class GenerationResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
     trajectory: object | None = None  # studio.trajectory.Trajectory
     scheduler_name: str = ""          # the scheduler that ran, by its user-facing name
+    lineage: object | None = None     # a branch: its parent and step (studio.branching.Lineage)
 
 
 def whole_number(name: str, value, low: int, high: int) -> None:

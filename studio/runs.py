@@ -1,10 +1,12 @@
 """A run saved to disk and opened again: DIR/run.safetensors and DIR/run.json, no pickle.
 
 run.safetensors holds the trajectory's tensors: every step's x_t (`latents`) and predicted x0
-(`x0`), stacked as (steps, batch, c, h, w), and the latents after the last step (`final`).
-run.json holds the rest: the request as run (seed and size resolved), each picture's seed, the
+(`x0`), stacked as (steps, batch, c, h, w), the latents after the last step (`final`), where
+guidance ran the x0 of each half (`x0_uncond`, `x0_cond`, for the CFG lens), and each step's
+resumable state (`resume.<step>.*`: x in the sampler's scale, its state, the generators'; see
+studio.resume), so that a saved run can be branched at any step. run.json holds the rest: the request as run (seed and size resolved), each picture's seed, the
 model and its hash, the sampler, the schedule and each step's timestep and sigma, timings, and
-the versions that made it. The pictures are picture-<i>.png beside them (with their parameters
+the versions that made it, the resumable state's structure, and a branch's lineage. The pictures are picture-<i>.png beside them (with their parameters
 text), and an img2img run's starting picture is input.png.
 
 `load` gives back a GenerationResult that the viewer shows exactly as it showed the live run. A
@@ -13,6 +15,7 @@ field by field, and what is wrong is named. This module knows nothing of Gradio.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,14 +24,17 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from studio import __version__, metadata
+from studio import __version__, metadata, resume
+from studio.branching import Lineage
 from studio.errors import StudioError
 from studio.fields import FIELD, GenerationRequest
 from studio.requests import GenerationResult, check_inputs
 from studio.trajectory import STORE_DTYPE, Step, Trajectory
 
 TENSORS, DESCRIPTION = "run.safetensors", "run.json"
-FORMAT = 1
+FORMAT = 2  # 2: each step's resumable state (studio.resume), the CFG halves, a branch's lineage
+READS = (1, 2)
+HALVES = ("x0_uncond", "x0_cond")
 MAX_RUN_STEPS = 1000  # more steps than any request can ask for (150, PLMS one more)
 
 
@@ -50,6 +56,10 @@ def save(result: GenerationResult, folder: Path) -> list[Path]:
                "x0": torch.stack([s.x0 for s in trajectory.steps]).contiguous()}
     if trajectory.final is not None:
         tensors["final"] = trajectory.final.contiguous()
+    for half in HALVES:  # the CFG lens: where every step ran guidance
+        if all(getattr(s, half) is not None for s in trajectory.steps):
+            tensors[half] = torch.stack([getattr(s, half) for s in trajectory.steps]).contiguous()
+    kept = resume.to_saved([s.resume for s in trajectory.steps], tensors)
     written = [folder / TENSORS, folder / DESCRIPTION]
     save_file(tensors, str(written[0]), metadata={"format": str(FORMAT)})
     pictures = [metadata.save_png(image, folder / f"picture-{i}.png", result, seed)
@@ -58,13 +68,16 @@ def save(result: GenerationResult, folder: Path) -> list[Path]:
         written.append(folder / "input.png")
         picture = result.request.image
         (picture if isinstance(picture, Image.Image) else Image.open(picture)).save(written[-1])
-    written[1].write_text(json.dumps(describe(result, [p.name for p in pictures]), indent=2) + "\n")
+    description = describe(result, [p.name for p in pictures]) | {"resume": kept}
+    written[1].write_text(json.dumps(description, indent=2) + "\n")
     return written + pictures
 
 
 def describe(result: GenerationResult, pictures: list[str]) -> dict:
     t = result.trajectory
+    lineage = result.lineage and dataclasses.asdict(result.lineage)
     return {"format": FORMAT, "request": result.request.parameters(), "img2img": result.request.is_img2img,
+            "lineage": lineage,
             "seeds": result.seeds, "model": result.model, "model_hash": result.model_hash,
             "scheduler_name": result.scheduler_name, "device": result.device, "dtype": result.dtype,
             "timings": result.timings, "warnings": result.warnings, "pictures": pictures,
@@ -93,11 +106,14 @@ def load(folder: Path) -> GenerationResult:
 
 
 def from_saved(data: dict, tensors: dict, folder: Path) -> GenerationResult:
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in READS:
         raise StudioError(f"{DESCRIPTION}: format={data.get('format') if isinstance(data, dict) else data!r} "
-                          f"is not a run format this studio reads (it reads {FORMAT}).")
+                          f"is not a run format this studio reads (it reads {', '.join(map(str, READS))}).")
     request = saved_request(data, folder)
     trajectory = saved_trajectory(data.get("trajectory"), tensors)
+    for step, kept in zip(trajectory.steps, resume.from_saved(data.get("resume"), tensors, len(trajectory.steps))):
+        step.resume = kept
+    lineage = data.get("lineage")
     seeds = data.get("seeds")
     if not isinstance(seeds, list) or len(seeds) != trajectory.steps[0].latents.shape[0]:
         raise StudioError(f"{DESCRIPTION}: seeds={seeds!r} should give one seed per picture of the batch.")
@@ -108,7 +124,9 @@ def from_saved(data: dict, tensors: dict, folder: Path) -> GenerationResult:
         model_hash=str(data.get("model_hash", "")), device=str(data.get("device", "")),
         dtype=str(data.get("dtype", "")), timings=dict(data.get("timings") or {}),
         warnings=[str(w) for w in data.get("warnings") or []], trajectory=trajectory,
-        scheduler_name=str(data.get("scheduler_name", "")))
+        scheduler_name=str(data.get("scheduler_name", "")),
+        lineage=None if lineage is None else Lineage(int(lineage["at_step"]), dict(lineage["parent"]),
+                                                     str(lineage.get("parent_run", ""))))
 
 
 def saved_request(data: dict, folder: Path) -> GenerationRequest:
@@ -135,8 +153,10 @@ def saved_trajectory(data, tensors: dict) -> Trajectory:
     final = tensors.get("final")
     if final is not None and final.shape != latents.shape[1:]:
         raise StudioError(f"{TENSORS}: final is {tuple(final.shape)}, not a step's {tuple(latents.shape[1:])}.")
+    halves = {h: tensors[h] for h in HALVES if h in tensors and tensors[h].shape == x0.shape}
     return Trajectory(
-        steps=[Step(i, float(s["timestep"]), float(s["sigma"]), latents[i].to(STORE_DTYPE), x0[i].to(STORE_DTYPE))
+        steps=[Step(i, float(s["timestep"]), float(s["sigma"]), latents[i].to(STORE_DTYPE), x0[i].to(STORE_DTYPE),
+                    **{h: v[i].to(STORE_DTYPE) for h, v in halves.items()})
                for i, s in enumerate(steps)],
         num_inference_steps=int(data.get("num_inference_steps", len(steps))),
         start_step=int(data.get("start_step", 0)), schedule=[float(v) for v in data.get("schedule", [])],

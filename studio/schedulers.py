@@ -173,7 +173,9 @@ class X0History:
 
     def __init__(self, scheduler, first_step_first_order: bool):
         self.scheduler, self.original, self.first_order = scheduler, scheduler.step, first_step_first_order
-        self.history: list = []  # predicted x0 behind each entry of scheduler.ets, oldest first
+        # The predicted x0 behind each entry of scheduler.ets, oldest first. Kept on the scheduler,
+        # with all its state, so that a run resumed after any step (studio.resume) has it.
+        scheduler.x0_history, scheduler.from_pure_noise = [], False
 
     def coefficients(self, timestep: int, sample):
         alpha_bar = self.scheduler.alphas_cumprod[timestep].to(sample.device, sample.dtype)
@@ -184,7 +186,8 @@ class X0History:
         return (a * sample - x0) / b
 
     def __call__(self, model_output, timestep, sample, *args, **kwargs):
-        scheduler, history, original, t = self.scheduler, self.history, self.original, int(timestep)
+        scheduler, original, t = self.scheduler, self.original, int(timestep)
+        history = scheduler.x0_history
         a, b = self.coefficients(t, sample)
         x0 = a * sample - b * model_output
         counter = scheduler.counter

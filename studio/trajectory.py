@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from studio.resume import ResumeState, capture, reference
+
 STORE_DTYPE = torch.float16
 
 
@@ -26,6 +28,11 @@ class Step:
     sigma: float          # sqrt((1 - alpha_bar) / alpha_bar) at this timestep
     latents: torch.Tensor  # x_t entering the step, (batch, c, h, w), alpha scale
     x0: torch.Tensor       # predicted clean latents at this step, (batch, c, h, w)
+    # x0 from the unconditional and the conditional prediction alone, where guidance ran (the
+    # CFG lens, studio.lens); Heun-type samplers: of the step's first call, at x_t
+    x0_uncond: torch.Tensor | None = None
+    x0_cond: torch.Tensor | None = None
+    resume: ResumeState | None = None  # what carrying on after this step needs (studio.resume)
 
 
 @dataclasses.dataclass
@@ -37,9 +44,12 @@ class Trajectory:
     schedule: list[float] = dataclasses.field(default_factory=list)  # sigma at each of the N steps
 
     def nbytes(self) -> int:
-        tensors = [t for s in self.steps for t in (s.latents, s.x0)]
+        tensors = [t for s in self.steps for t in (s.latents, s.x0, s.x0_uncond, s.x0_cond) if t is not None]
         tensors += [self.final] if self.final is not None else []
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in tensors) + self.resume_nbytes()
+
+    def resume_nbytes(self) -> int:
+        return sum(s.resume.nbytes() for s in self.steps if s.resume is not None)
 
 
 MIN_ALPHA_BAR = 2.0 ** -24  # as diffusers' Euler: zero-terminal-SNR schedules end at alpha_bar 0
@@ -90,17 +100,33 @@ def uses_sigma_scale(scheduler) -> bool:
 class TrajectoryRecorder:
     """Records one run. Install with `attach(scheduler)`; pass `callback` to the pipeline."""
 
-    def __init__(self, num_inference_steps: int, start_step: int = 0, on_step=None, should_stop=None):
-        self.trajectory = Trajectory(num_inference_steps=num_inference_steps, start_step=start_step)
+    def __init__(self, num_inference_steps: int, start_step: int = 0, on_step=None, should_stop=None,
+                 generators=None, steps=()):
+        self.trajectory = Trajectory(steps=list(steps), num_inference_steps=num_inference_steps,
+                                     start_step=start_step)
         self.on_step = on_step          # on_step(step: Step, recorder) after each finished step
         self.should_stop = should_stop  # should_stop() -> bool, checked after each step
+        self.generators = generators    # each image's generator: kept after every step to resume
         self._pending: dict | None = None   # a step whose second UNet call is still to come
         self._ready: dict | None = None     # a finished step the next callback will record
         self._scheduler = None
+        self._fresh: dict = {}              # the scheduler as set_timesteps left it
+        self._unet_output = None            # the last UNet call's output (both halves under CFG)
+        self._hook = None
 
-    def attach(self, scheduler) -> None:
+    def attach(self, scheduler, unet=None) -> None:
+        """Watch `scheduler` (and `unet`'s outputs, for the CFG lens); `close()` lets go of them."""
         self._scheduler = scheduler
-        original = scheduler.step
+        original, set_timesteps = scheduler.step, scheduler.set_timesteps
+
+        @functools.wraps(set_timesteps)
+        def set_and_note(*args, **kwargs):
+            set_timesteps(*args, **kwargs)
+            self._fresh = reference(scheduler)
+
+        scheduler.set_timesteps = set_and_note
+        if unet is not None:
+            self._hook = unet.register_forward_hook(self._keep_output)
 
         # wraps() keeps step's signature visible: pipelines pass `generator` and `eta` only to a
         # step that declares them, and ancestral samplers lose determinism without the generator.
@@ -112,6 +138,23 @@ class TrajectoryRecorder:
 
         scheduler.step = step
 
+    def close(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _keep_output(self, module, args, output) -> None:
+        self._unet_output = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+
+    def _halves(self, sample, pending) -> dict:
+        """x0 of the unconditional and the conditional prediction, where the UNet ran both."""
+        output, self._unet_output = self._unet_output, None
+        if output is None or output.shape[0] != 2 * sample.shape[0]:
+            return {}
+        kind = self._scheduler.config.prediction_type
+        return {name: x0_closed_form(pending["latents"], half, pending["alpha_bar"], kind)
+                for name, half in zip(("x0_uncond", "x0_cond"), output.chunk(2))}
+
     def _observe(self, model_output, timestep, sample, out) -> None:
         scheduler = self._scheduler
         if self._pending is None:  # the first (often only) UNet call of a step
@@ -119,6 +162,7 @@ class TrajectoryRecorder:
             scale = math.sqrt(alpha_bar) if uses_sigma_scale(scheduler) else 1.0  # -> alpha scale
             self._pending = {"timestep": float(timestep), "alpha_bar": alpha_bar,
                              "latents": (sample * scale)}
+            self._pending |= self._halves(sample, self._pending)
         self._pending["x0"] = self._x0(model_output, out, self._pending)
         if getattr(scheduler, "state_in_first_order", True):  # a whole step is done
             self._ready, self._pending = self._pending, None
@@ -141,17 +185,32 @@ class TrajectoryRecorder:
         steps = self.trajectory.steps
         if ready is not None and steps and steps[-1].timestep == ready["timestep"]:
             # PLMS runs its first timestep twice (a warm-up, then the real step): one entry
-            steps[-1].x0 = ready["x0"].detach().to("cpu", STORE_DTYPE)
+            steps[-1].x0 = stored(ready["x0"])
+            self._keep_state(steps[-1], pipe, i, callback_kwargs)
         elif ready is not None:
             entry = Step(
                 index=len(self.trajectory.steps), timestep=ready["timestep"],
                 sigma=sigma_from_alpha_bar(ready["alpha_bar"]),
-                latents=ready["latents"].detach().to("cpu", STORE_DTYPE),
-                x0=ready["x0"].detach().to("cpu", STORE_DTYPE))
+                latents=stored(ready["latents"]), x0=stored(ready["x0"]),
+                x0_uncond=stored(ready.get("x0_uncond")), x0_cond=stored(ready.get("x0_cond")))
+            self._keep_state(entry, pipe, i, callback_kwargs)
             self.trajectory.steps.append(entry)
-            self.trajectory.final = callback_kwargs["latents"].detach().to("cpu", STORE_DTYPE)
+            self.trajectory.final = stored(callback_kwargs["latents"])
             if self.on_step is not None:
                 self.on_step(entry, self)
         if self.should_stop is not None and self.should_stop():
             pipe._interrupt = True
         return callback_kwargs
+
+    def _keep_state(self, entry: Step, pipe, i: int, callback_kwargs: dict) -> None:
+        """Keep what resuming after `entry` needs. The pipeline's loop runs the tail of the
+        scheduler's timesteps (img2img and resumed runs skip the head), so the next UNet call
+        is at this position of the whole list."""
+        if self.generators is None:
+            return
+        position = len(self._scheduler.timesteps) - pipe.num_timesteps + i + 1
+        entry.resume = capture(self._scheduler, self._fresh, callback_kwargs["latents"], self.generators, position)
+
+
+def stored(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach().to("cpu", STORE_DTYPE)

@@ -28,17 +28,21 @@ class UnconditionalRunner:
 
     @torch.no_grad()
     def __call__(self, num_inference_steps: int, num_images_per_prompt: int, generator,
-                 callback_on_step_end=None, **_ignored):
+                 callback_on_step_end=None, latents=None, **_ignored):
         unet, scheduler = self.pipe.unet, self.pipe.scheduler
         size = unet.config.sample_size
         shape = (num_images_per_prompt, unet.config.in_channels, size, size)  # (b, c, h, w)
-        image = randn_tensor(shape, generator=generator, device=unet.device, dtype=unet.dtype)
+        if latents is None:
+            image = randn_tensor(shape, generator=generator, device=unet.device, dtype=unet.dtype)
+        else:  # as the text-to-image pipelines take given latents
+            image = latents.to(unet.device, unet.dtype) * scheduler.init_noise_sigma
         scheduler.set_timesteps(num_inference_steps)
-        self._interrupt, self.num_timesteps = False, len(scheduler.timesteps)
-        for i, t in enumerate(scheduler.timesteps):
+        timesteps = scheduler.timesteps  # a resumed run's are the remaining ones (studio.resume)
+        self._interrupt, self.num_timesteps = False, len(timesteps)
+        for i, t in enumerate(timesteps):
             if self._interrupt:
                 continue
-            model_output = unet(image, t).sample
+            model_output = unet(scheduler.scale_model_input(image, t), t).sample
             image = scheduler.step(model_output, t, image, generator=generator).prev_sample
             if callback_on_step_end is not None:
                 image = callback_on_step_end(self, i, t, {"latents": image}).pop("latents", image)

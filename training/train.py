@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="timestep below which every caption is swapped for another picture's")
     p.add_argument("--low-noise-until", type=int, default=LOW_NOISE_UNTIL,
                    help="timestep from which no caption is swapped (the share falls linearly to it)")
+    p.add_argument("--deep-attention", action="store_true",
+                   help="attention also at 4x4 and in the middle block, as in v6")
     p.add_argument("--scale", type=int, default=1, help="width multiplier for bigger models")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -223,7 +225,7 @@ class Denoiser(torch.nn.Module):
 
 def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
                    pixel_weights: torch.Tensor, vocab_size: int, generator: torch.Generator) -> Denoiser:
-    model = Denoiser(architecture.build_unet(args.scale),
+    model = Denoiser(architecture.build_unet(args.scale, args.deep_attention),
                      architecture.build_text_encoder(vocab_size, args.scale)).to(args.device)
     # The word table stays as drawn: trained, v1's words for place collapsed together (top and
     # bottom at cosine 0.76, left and right 0.96) long before the UNet could use them.
