@@ -23,7 +23,7 @@ from pathlib import Path
 from studio.config import DEFAULT_MODEL
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8")  # 9, the headline, comes with 1
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "10")  # 9, the headline, comes with 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +93,7 @@ def in_process_sections(run: Run, manager, plan) -> None:
     run.section("3", "compute floor", generation.compute_floor, manager, raw, plan)
     run.section("6", "trajectory size", generation.trajectory_sizes, manager, plan)
     run.section("8", "scaling", generation.scaling, manager, plan)
+    run.section("10", "what branching and the CFG lens keep", generation.kept_state, manager, plan)
 
 
 def serving_sections(run: Run, manager, plan) -> None:

@@ -227,6 +227,52 @@ def trajectory_sizes(manager, plan: p.Plan) -> list[Figure]:
     return figures
 
 
+# ----- 10: what branching and the CFG lens keep -------------------------------------------------
+# Latent elements per picture and bytes per element on a GPU (float16): SD 1.5 at 512x512 and
+# SDXL at 1024x1024 have 4x64x64 and 4x128x128 latents.
+LATENTS_ELSEWHERE = {"SD 1.5, 512x512": 4 * 64 * 64, "SDXL, 1024x1024": 4 * 128 * 128}
+
+
+def kept_state(manager, plan: p.Plan) -> list[Figure]:
+    """Section 10: generate() keeping each step's resumable state and CFG halves against not
+    keeping them (interleaved); the bytes kept per step, measured here for each sampler and
+    computed for SD 1.5 and SDXL from the same counts of latent-sized tensors."""
+    def keeping(on: bool):
+        run = studio_run(manager, studio_request(manager))
+
+        def timed() -> dict:
+            manager.keep_steps_state = on
+            try:
+                return run()
+            finally:
+                manager.keep_steps_state = True
+        return timed
+
+    times = interleave({"kept": keeping(True), "not kept": keeping(False)}, 2 * plan.repeats)
+    figures = [Figure("10", "keeping resumable state + CFG halves / not", "x",
+                      ratio(Stats.of(times["kept"]["seconds"]), Stats.of(times["not kept"]["seconds"])),
+                      at_most=p.GOAL_KEPT_STATE, note="20 steps, default sampler, one picture")]
+    from studio import schedulers
+
+    latent = None
+    for name in ("Default", "Euler a", "DPM++ 2M", "UniPC", "PLMS"):
+        steps = manager.generate(studio_request(manager, scheduler=name)).trajectory.steps
+        first = steps[0]
+        latent = first.resume.latents
+        per_step = sum(s.resume.nbytes() for s in steps) / len(steps)
+        halves = sum(t.numel() * t.element_size() for t in (first.x0_uncond, first.x0_cond))
+        generators = sum(g.numel() for g in first.resume.generators)
+        tensors = (per_step - generators) / (latent.numel() * latent.element_size())  # latent-sized, in its dtype
+        figures.append(Figure("10", f"kept per step, {schedulers.name_of(manager.loaded.txt2img.scheduler) if name == 'Default' else name}",
+                              "KiB", Stats.of([(per_step + halves) / 1024]),
+                              note=f"{tensors:.1f} latent-sized tensors + {generators} B generator state + CFG halves"))
+        for model, elements in LATENTS_ELSEWHERE.items():
+            computed = tensors * elements * 2 + generators + 2 * elements * 2
+            figures.append(Figure("10", f"kept per step, {name}, {model} (computed, float16)", "KiB",
+                                  Stats.of([computed / 1024])))
+    return figures
+
+
 # ----- 8: scaling -----------------------------------------------------------------------------
 def scaling(manager, plan: p.Plan) -> tuple[list[Figure], list]:
     """Section 8: seconds per image against steps (native size) and against the side (20 steps).

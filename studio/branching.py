@@ -108,7 +108,9 @@ def start_of(manager, parent: GenerationResult, at_step: int, request: Generatio
     for s in (old, new):
         s.set_timesteps(request.num_inference_steps)
     next_t = float(old.timesteps[kept.position])
-    position = min(range(len(new.timesteps)), key=lambda i: abs(float(new.timesteps[i]) - next_t))
+    # The nearest timestep, its last entry: Heun-type lists hold a step's timestep twice, the
+    # previous step's second call there, then this step's first
+    position = min(reversed(range(len(new.timesteps))), key=lambda i: abs(float(new.timesteps[i]) - next_t))
     latents = kept.latents * scale_of(old, next_t) / scale_of(new, float(new.timesteps[position]))
     return Start(shared, latents, None, position, None if new_seed else kept.generators, lineage)
 

@@ -168,6 +168,33 @@ def convergence_chart(moves: list[float], threshold: float, settled: int | None,
     return chart
 
 
+def branch_sheet(rows: list[list[Image.Image]], at_step: int, labels: tuple[str, str], cell: int = 48,
+                 most: int = 24) -> Image.Image:
+    """A run's x0 filmstrip above its branch's, step by step; the steps they share (the first
+    `at_step`) are drawn faded in the branch's row, and a red line marks where it left."""
+    count = len(rows[0])
+    shown = sorted({round(i * (count - 1) / (most - 1)) for i in range(most)} | {max(at_step - 1, 0), at_step}) \
+        if count > most else list(range(count))
+    shown = [i for i in shown if i < count]
+    left, top = 80, 16
+    sheet = Image.new("RGB", (left + len(shown) * cell, top + 2 * (cell + CAPTION)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (row, label) in enumerate(zip(rows, labels)):
+        y = top + r * (cell + CAPTION)
+        draw.text((4, y + cell // 2), label, fill="black", font=font(11), anchor="lm")
+        for c, i in enumerate(shown):
+            picture = row[i].convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)
+            if r == 1 and i < at_step:  # shared with the run above
+                picture = Image.blend(picture, Image.new("RGB", picture.size, "white"), 0.55)
+            sheet.paste(picture, (left + c * cell, y))
+            draw.text((left + c * cell + cell // 2, y + cell + 1), str(i + 1), fill="black", font=font(9), anchor="ma")
+    split = left + sum(1 for i in shown if i < at_step) * cell
+    draw.line((split, top - 4, split, sheet.height), fill=(220, 60, 60), width=2)
+    draw.text((split + 3, 2), f"branch after step {at_step}" if at_step else "branch from the start",
+              fill=(220, 60, 60), font=font(10))
+    return sheet
+
+
 def number(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 

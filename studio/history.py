@@ -65,6 +65,10 @@ class SessionHistory:
     def add_run(self, result, paths) -> SessionHistory:
         return self._add(Entry(self.next_number, (result,), (tuple(paths),)))
 
+    def add_branch(self, result, paths, parent: str, at_step: int) -> SessionHistory:
+        """A branch of run `parent` ("7" or "7.2") after its step `at_step`."""
+        return self._add(Entry(self.next_number, (result,), (tuple(paths),), parent=parent, at_step=at_step))
+
     def add_plot(self, results, files, grid: str, title: str) -> SessionHistory:
         return self._add(Entry(self.next_number, tuple(results), tuple(tuple(f) for f in files), grid, title))
 

@@ -75,6 +75,10 @@ class ModelInfo:
 
 
 class PipelineManager:
+    # Every step keeps its resumable state and the CFG halves (studio.branching, studio.lens);
+    # the benchmark turns this off to measure what keeping them costs.
+    keep_steps_state = True
+
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()
         self.device = devices.choose_device(self.settings.device)
@@ -217,11 +221,11 @@ class PipelineManager:
         recorder = TrajectoryRecorder(request.num_inference_steps,
                                       start_step=request.num_inference_steps - total,
                                       on_step=self._step_reporter(model, request, total, on_step),
-                                      should_stop=cancel.is_set, generators=generators,
-                                      steps=start.steps if start is not None else ())
+                                      should_stop=cancel.is_set, steps=start.steps if start is not None else (),
+                                      generators=generators if self.keep_steps_state else None)
         recorder.trajectory.schedule = schedule_sigmas(
             schedulers.make_scheduler(request.scheduler, model.scheduler_config), request.num_inference_steps)
-        recorder.attach(pipe.scheduler, getattr(pipe, "unet", None))
+        recorder.attach(pipe.scheduler, getattr(pipe, "unet", None) if self.keep_steps_state else None)
 
         # 5. Denoise and decode
         denoise_started = time.perf_counter()

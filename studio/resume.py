@@ -86,6 +86,11 @@ def resume_scheduler(scheduler, state: dict, position: int) -> None:
     class Resumed(cls):
         init_noise_sigma = 1.0
 
+        @property
+        def own_init_noise_sigma(self) -> float:  # what tells a sigma-scale sampler (studio.trajectory)
+            own = getattr(cls, "init_noise_sigma", None)
+            return own.__get__(self) if isinstance(own, property) else vars(self).get("init_noise_sigma", 1.0)
+
         def set_timesteps(self, *args, **kwargs):
             super().set_timesteps(*args, **kwargs)
             if not 0 <= position < len(self.timesteps):

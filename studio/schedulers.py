@@ -207,6 +207,7 @@ class X0History:
         scheduler.ets = [self.as_output(h, sample, t) for h in history[-earlier:]]
         out = original(self.as_output(x0, sample, t), timestep, sample, *args, **kwargs)
         history.append(x0)
+        del history[:-4]  # the most PNDM combines (and what a resumed run needs)
         if scheduler.from_pure_noise and counter == 2:
             history[:] = [x0]  # x0 of step 1's second call was this same one: not two points
         return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import queue
 import threading
 import time
@@ -35,9 +36,11 @@ class Done:
     result: GenerationResult
 
 
-def stream(manager, request: GenerationRequest, cancel: threading.Event | None = None):
+def stream(manager, request: GenerationRequest, cancel: threading.Event | None = None, run=None):
     """`manager.generate(request)` in the manager's worker thread; yield a Step for each step,
-    then Done. Closing the generator early (a UI's Stop, a dropped client) cancels the run."""
+    then Done. Closing the generator early (a UI's Stop, a dropped client) cancels the run.
+    `run(on_step=..., cancel=...)`, if given, is called instead (a branch of `request`'s run)."""
+    run = run or functools.partial(manager.generate, request)
     events: queue.Queue = queue.Queue()
     cancel = cancel or threading.Event()
     taken = threading.Semaphore(0)  # released each time the consumer takes a step event
@@ -52,7 +55,7 @@ def stream(manager, request: GenerationRequest, cancel: threading.Event | None =
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         try:
-            events.put(Done(manager.generate(request, on_step=report, cancel=cancel)))
+            events.put(Done(run(on_step=report, cancel=cancel)))
         except BaseException as exc:  # handed to the consumer, raised there
             events.put(exc)
 

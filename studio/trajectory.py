@@ -94,7 +94,8 @@ def schedule_sigmas(scheduler, num_inference_steps: int) -> list[float]:
 
 def uses_sigma_scale(scheduler) -> bool:
     """k-diffusion-style schedulers keep x = x0 + sigma * eps rather than the alpha scale."""
-    return float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0
+    own = getattr(scheduler, "own_init_noise_sigma", None)  # a resumed one's reads 1 (studio.resume)
+    return float(getattr(scheduler, "init_noise_sigma", 1.0) if own is None else own) != 1.0
 
 
 class TrajectoryRecorder:

@@ -40,7 +40,7 @@ def build_demo(manager, settings: Settings) -> gr.Blocks:
             with gr.Tab("X/Y plot", id="xyplot", elem_id="tab-xyplot"):
                 xyplot = sweep_tab.build(manager, writer, history, last_image)
             with gr.Tab("Denoising viewer", id="viewer", elem_id="tab-viewer"):
-                viewer = viewer_tab.build(manager, history, last_image, writer.root)
+                viewer = viewer_tab.build(manager, history, last_image, writer)
             with gr.Tab("History", id="history", elem_id="tab-history"):
                 history_tab.build(manager, history, txt2img, img2img, viewer, tabs)
             with gr.Tab("PNG info", id="pnginfo", elem_id="tab-pnginfo"):

@@ -20,7 +20,7 @@ import gradio as gr
 from studio import export, runs
 from studio.errors import StudioError
 from studio.history import SessionHistory
-from studio.ui import cache, common, form, uploads
+from studio.ui import cache, common, form, understand, uploads
 
 
 
@@ -28,6 +28,9 @@ def run_label(number, result) -> str:
     """"#7 txt2img: a red circle · seed 3": `number` is the session's ("7", or "7.2" for a plot's cell)."""
     mode = "img2img" if result.request.is_img2img else "txt2img"
     prompt = result.request.prompt[:40] + ("…" if len(result.request.prompt) > 40 else "")
+    lineage = getattr(result, "lineage", None)
+    if lineage is not None:
+        mode += f", branch of #{lineage.parent_run} after step {lineage.at_step}"
     return f"#{number} {mode}: {prompt or '(no prompt)'} · seed {result.seeds[0]}"
 
 
@@ -158,13 +161,19 @@ def history_choices(history: SessionHistory):
     return gr.update(choices=choices, value=len(runs) - 1 if runs else None)
 
 
-def build(manager, history: gr.State, last_image: gr.State, root: Path) -> dict:
-    """Lay out the viewer tab and wire it; its exports are written under `root`."""
+def build(manager, history: gr.State, last_image: gr.State, writer) -> dict:
+    """Lay out the viewer tab and wire it; its exports are written under `writer.root`, its
+    branches' pictures by `writer`."""
     gr.Markdown("Every step of a run, after the run. **Left:** the noisy latents x_t entering the step. "
                 "**Right:** what the model predicts the clean picture x0 to be at that step.")
     ui = layout(manager)
+    branch, lens = understand.layout_branch(), understand.layout_lens()
     forward_section(manager, last_image)
-    wire(manager, ui, history, root)
+    ui["loaded"] = wire(manager, ui, history, writer.root)
+    ui["shown"] = shown_of(ui)
+    ui["open_newest"] = lambda history_, decoder_: load_run(manager, history_, None, decoder_)
+    understand.wire(manager, writer, ui, branch, history)
+    understand.wire_lens(manager, ui, lens, history)
     return {"run": ui["choice"], "decoder": ui["decoder"], "shown": shown_of(ui)}  # History's "Open in viewer"
 
 
@@ -215,13 +224,14 @@ def wire(manager, ui: dict, history: gr.State, root: Path) -> None:
         return redecode(manager, history_, choice_, step_, decoder_)
 
     history.change(history_choices, inputs=history, outputs=choice, api_visibility="private", queue=False)
-    ui["load"].click(functools.partial(load_run, manager), inputs=picked, outputs=shown, api_name="viewer_load",
-                     **gpu)
-    ui["saved"].upload(functools.partial(open_saved, manager, root=root), inputs=[history, ui["saved"]],
-                       outputs=history, api_name="viewer_open_run").success(
+    loaded = [ui["load"].click(functools.partial(load_run, manager), inputs=picked, outputs=shown,
+                               api_name="viewer_load", **gpu)]
+    loaded.append(ui["saved"].upload(functools.partial(open_saved, manager, root=root), inputs=[history, ui["saved"]],
+                                     outputs=history, api_name="viewer_open_run").success(
         lambda history_, decoder_: load_run(manager, history_, None, decoder_), inputs=[history, decoder], outputs=shown,
-        api_visibility="private", **gpu)
-    choice.input(functools.partial(load_run, manager), inputs=picked, outputs=shown, api_visibility="private", **gpu)
+        api_visibility="private", **gpu))
+    loaded.append(choice.input(functools.partial(load_run, manager), inputs=picked, outputs=shown,
+                               api_visibility="private", **gpu))
     step.change(functools.partial(show_step, manager), inputs=[history, choice, step, decoder], outputs=pictures,
                 api_name="viewer_step", show_progress="hidden", **gpu)
     decoder.change(redecode_any, inputs=[history, choice, step, decoder], outputs=[*pictures, ui["strip"]],
@@ -229,6 +239,7 @@ def wire(manager, ui: dict, history: gr.State, root: Path) -> None:
     ui["export"].click(functools.partial(export_run, manager, root=root), inputs=picked,
                        outputs=[ui["gif"], ui["sheet"]], api_name="viewer_export", **gpu).success(
         show_animation, inputs=ui["gif"], outputs=ui["gif_view"], api_visibility="private", queue=False)
+    return loaded  # the events that open a run in the viewer
 
 
 def forward_section(manager, last_image: gr.State) -> None:
