@@ -1,5 +1,6 @@
 """The Gradio app through its public API (gradio_client on 127.0.0.1), and how app.py launches."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -118,3 +119,23 @@ def test_a_bad_batch_count_is_refused_by_name_and_the_next_request_works(client,
         client.predict(**{**TXT2IMG, "num_inference_steps": 2}, batch_count=count, api_name="/txt2img")
     _, gallery, _ = client.predict(**{**TXT2IMG, "num_inference_steps": 2}, api_name="/txt2img")
     assert len(gallery) == 1
+
+
+def test_the_branch_endpoint_carries_a_run_on_and_refuses_bad_values_by_name(client):
+    import gradio.exceptions
+    from gradio_client.exceptions import AppError
+
+    client.predict(**{**TXT2IMG, "num_inference_steps": 8}, api_name="/txt2img")
+    sheet, info = client.predict(None, at_step=4, prompt="a large blue square", negative_prompt="",
+                                 guidance_scale="", scheduler="(as the run)", seed="", api_name="/branch")
+    assert "after step 4: ran steps 5 to 8" in info and Image.open(sheet).width > 8 * 48
+    for name, value, message in (("at_step", 8, "at_step=8 is not allowed"),
+                                 ("guidance_scale", "lots", "guidance_scale='lots' is not a number"),
+                                 ("seed", "-7", "seed=-7 is not allowed"),
+                                 ("scheduler", "Nope", "Value: Nope is not in the list of choices")):
+        values = dict(at_step=2, prompt="", negative_prompt="", guidance_scale="", scheduler="(as the run)", seed="")
+        with pytest.raises((AppError, gradio.exceptions.Error), match=re.escape(message)):  # the dropdown's own check
+            client.predict(None, **{**values, name: value}, api_name="/branch")
+    _, again = client.predict(None, at_step=1, prompt="", negative_prompt="", guidance_scale="3", scheduler="Euler a",
+                              seed="", api_name="/branch")
+    assert "ran steps 2 to 8" in again and "Euler a" in again

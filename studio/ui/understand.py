@@ -12,7 +12,7 @@ import gradio as gr
 
 from studio import branching, export, lens, schedulers, streams
 from studio.errors import StudioError
-from studio.fields import FIELD, MAX_GUIDANCE, MAX_SEED
+from studio.fields import MAX_GUIDANCE, MAX_SEED
 from studio.history import SessionHistory
 from studio.ui import cache, common, stops
 
@@ -30,12 +30,13 @@ def layout_branch() -> dict:
             ui["negative_prompt"] = gr.Textbox(label="Negative prompt", placeholder=AS_RUN,
                                                elem_id="branch-negative-prompt", scale=2)
         with gr.Row():
-            ui["guidance_scale"] = gr.Number(None, label="Guidance (CFG scale)", minimum=0, maximum=MAX_GUIDANCE,
-                                             elem_id="branch-guidance")
+            # Text boxes, not gr.Number: an empty one means "as the run" (a Number sends 0)
+            ui["guidance_scale"] = gr.Textbox(label="Guidance (CFG scale)", placeholder=AS_RUN,
+                                              elem_id="branch-guidance")
             ui["scheduler"] = gr.Dropdown([AS_RUN, *schedulers.NAMES], value=AS_RUN, label="Sampler",
                                           elem_id="branch-sampler", info="a new one carries on from the same noise level")
-            ui["seed"] = gr.Number(None, label="Seed of the noise still to come", precision=0, minimum=-1,
-                                   maximum=MAX_SEED, elem_id="branch-seed", info=FIELD["seed"].hint or None)
+            ui["seed"] = gr.Textbox(label="Seed of the noise still to come", placeholder=AS_RUN, elem_id="branch-seed",
+                                    info=f"-1: random; up to {MAX_SEED}")
             ui["go"] = gr.Button("Branch from this step", variant="primary", elem_id="viewer-branch")
         ui["compare"] = gr.Image(label="The run and its branch: predicted x0 at every step", interactive=False,
                                  format="png", elem_id="viewer-branch-compare")
@@ -118,11 +119,23 @@ def branch_sheet(manager, parent, branch, at_step: int, decoder: str):
     return export.branch_sheet(rows, at_step, ("the run", "its branch"))
 
 
+def number_or_none(name: str, text, kind):
+    """An empty box: None ("as the run"); else the number, or an error naming the box. API
+    callers may send the number itself."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        return kind(str(text).strip()) if not isinstance(text, (int, float)) or isinstance(text, bool) else text
+    except ValueError:
+        raise gr.Error(f"{name}={text!r} is not a number; leave it empty to keep the run's.") from None
+
+
 def changes_of(prompt, negative_prompt, guidance_scale, scheduler, seed) -> dict:
     """The branch's changes from the boxes: empty, or "(as the run)", keeps the run's value."""
     return {"prompt": prompt or None, "negative_prompt": negative_prompt or None,
-            "guidance_scale": guidance_scale, "scheduler": None if scheduler in (None, "", AS_RUN) else scheduler,
-            "seed": None if seed is None else int(seed)}
+            "guidance_scale": number_or_none("guidance_scale", guidance_scale, float),
+            "scheduler": None if scheduler in (None, "", AS_RUN) else scheduler,
+            "seed": number_or_none("seed", seed, int)}
 
 
 def wire(manager, writer, viewer: dict, ui: dict, history: gr.State) -> None:
