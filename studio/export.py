@@ -136,7 +136,7 @@ def convergence_chart(moves: list[float], threshold: float, settled: int | None,
     """How far x0 moved into each step (studio.lens.changes), a bar per step on a log scale, the
     threshold dashed, and the step the picture settled at marked. `current` is 0-based."""
     width, height = size
-    left, right, top, bottom = 56, 14, 22, 40
+    left, right, top, bottom = 56, 14, 40, 40
     chart = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(chart)
     count = len(moves) + 1  # steps: the first has no move into it
