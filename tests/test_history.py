@@ -101,3 +101,15 @@ def test_the_history_is_bounded_in_bytes_as_well_as_in_entries(history):
     assert [e.number for e in session.entries] == [3, 4, 5]
     huge = SessionHistory(max_bytes=size // 2).add_run(result, paths)
     assert len(huge) == 1  # the newest run always stays, however large
+
+
+def test_a_branch_is_a_run_of_its_own_with_its_parent_and_step(bundled_manager, history, tmp_path):
+    from studio import branching
+
+    parent = history.entries[1].results[0]
+    branch = branching.branch(bundled_manager, parent, 1, parent_run="2", prompt="a green triangle")
+    session = history.add_branch(branch, OutputWriter(tmp_path).write(branch), "2", 1)
+    entry = session.entries[-1]
+    assert (entry.number, entry.parent, entry.at_step) == (3, "2", 1)
+    label = viewer_tab.history_choices(session)["choices"][-1][0]
+    assert label.startswith("#3 txt2img, branch of #2 after step 1: a green triangle")
