@@ -223,7 +223,8 @@ def trajectory_sizes(manager, plan: p.Plan) -> list[Figure]:
         trajectory = manager.generate(studio_request(manager, steps=steps)).trajectory
         size = trajectory.nbytes() / 1024
         figures.append(Figure("6", f"trajectory.nbytes(), {steps} steps", "KiB", Stats.of([size]),
-                              note=f"{len(trajectory.steps)} steps recorded (x_t and x0, float16)"))
+                              note=f"{len(trajectory.steps)} steps recorded (x_t and x0, float16; the CFG halves "
+                                   "and resumable state, section 10)"))
     return figures
 
 
@@ -252,9 +253,6 @@ def kept_state(manager, plan: p.Plan) -> list[Figure]:
     figures = [Figure("10", "keeping resumable state + CFG halves / not", "x",
                       ratio(Stats.of(times["kept"]["seconds"]), Stats.of(times["not kept"]["seconds"])),
                       at_most=p.GOAL_KEPT_STATE, note="20 steps, default sampler, one picture")]
-    from studio import schedulers
-
-    latent = None
     for name in ("Default", "Euler a", "DPM++ 2M", "UniPC", "PLMS"):
         steps = manager.generate(studio_request(manager, scheduler=name)).trajectory.steps
         first = steps[0]
@@ -263,8 +261,7 @@ def kept_state(manager, plan: p.Plan) -> list[Figure]:
         halves = sum(t.numel() * t.element_size() for t in (first.x0_uncond, first.x0_cond))
         generators = sum(g.numel() for g in first.resume.generators)
         tensors = (per_step - generators) / (latent.numel() * latent.element_size())  # latent-sized, in its dtype
-        figures.append(Figure("10", f"kept per step, {schedulers.name_of(manager.loaded.txt2img.scheduler) if name == 'Default' else name}",
-                              "KiB", Stats.of([(per_step + halves) / 1024]),
+        figures.append(Figure("10", f"kept per step, {name}", "KiB", Stats.of([(per_step + halves) / 1024]),
                               note=f"{tensors:.1f} latent-sized tensors + {generators} B generator state + CFG halves"))
         for model, elements in LATENTS_ELSEWHERE.items():
             computed = tensors * elements * 2 + generators + 2 * elements * 2

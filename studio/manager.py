@@ -220,7 +220,7 @@ class PipelineManager:
         total = request.steps_to_run()
         recorder = TrajectoryRecorder(request.num_inference_steps,
                                       start_step=request.num_inference_steps - total,
-                                      on_step=self._step_reporter(model, request, total, on_step),
+                                      on_step=self.previews.step_reporter(model, request, total, on_step),
                                       should_stop=cancel.is_set, steps=start.steps if start is not None else (),
                                       generators=generators if self.keep_steps_state else None)
         recorder.trajectory.schedule = schedule_sigmas(
@@ -285,28 +285,10 @@ class PipelineManager:
             return None
         return "preparing the fast preview for this model (once; later runs show it from the first step)"
 
-    def _step_reporter(self, model: LoadedModel, request: GenerationRequest, total: int, on_step):
-        if on_step is None:
-            return None
-
-        def report(step, recorder) -> None:
-            number = step.index + 1
-            # PLMS repeats a timestep, so img2img with it runs one step more than int(N x strength)
-            total_now = max(total, number)
-            due = request.preview != "none" and (number % request.preview_every == 0 or number == total_now)
-            if request.preview == "fast" and due and not self.previews.fast_ready(model):
-                due = False  # its first fit runs in the background; `preview_note` says so
-            picture = self.previews.decode(model, step.x0, request.preview) if due else None
-            on_step(number, total_now, picture)
-
-        return report
-
     def stream(self, request: GenerationRequest, cancel: threading.Event | None = None):
         """Run in a worker thread; yield a streams.Step for each step, then streams.Done.
         Closing the generator early (a UI's Stop, a dropped client) cancels the run."""
         return streams.stream(self, request, cancel)
-
-
 
 
 def out_of_memory_message(request: GenerationRequest, model: LoadedModel) -> str:

@@ -63,6 +63,24 @@ class PreviewDecoder:
 
     # ----- full VAE -------------------------------------------------------------------------
     @torch.no_grad()
+    def step_reporter(self, model, request, total: int, on_step):
+        """The recorder's `on_step` for a run: `on_step(number, total, pictures_or_None)` with
+        the step's preview when one is due (every `preview_every` steps and at the last)."""
+        if on_step is None:
+            return None
+
+        def report(step, recorder) -> None:
+            number = step.index + 1
+            # PLMS repeats a timestep, so img2img with it runs one step more than int(N x strength)
+            total_now = max(total, number)
+            due = request.preview != "none" and (number % request.preview_every == 0 or number == total_now)
+            if request.preview == "fast" and due and not self.fast_ready(model):
+                due = False  # its first fit runs in the background; the manager's `preview_note` says so
+            picture = self.decode(model, step.x0, request.preview) if due else None
+            on_step(number, total_now, picture)
+
+        return report
+
     def full(self, model, latents: torch.Tensor) -> list[Image.Image]:
         pipe = model.txt2img
         vae = pipe.vae
