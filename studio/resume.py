@@ -186,8 +186,9 @@ def from_saved(saved, tensors: dict, steps: int) -> list:
             continue
         latents, generators = decode(entry["latents"], tensors), decode(entry["generators"], tensors)
         scheduler = {str(k): decode(v, tensors) for k, v in dict(entry["scheduler"]).items()}
-        if not isinstance(latents, torch.Tensor) or not all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8
-                                                            for g in generators):
-            raise StudioError("resume: latents should be a tensor and generators uint8 tensors.")
+        state_size = torch.Generator("cpu").get_state().shape
+        if not isinstance(latents, torch.Tensor) or not all(
+                isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.shape == state_size for g in generators):
+            raise StudioError(f"resume: latents should be a tensor and generators uint8 tensors of {tuple(state_size)}.")
         states.append(ResumeState(int(entry["position"]), latents, scheduler, list(generators)))
     return states

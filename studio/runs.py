@@ -112,6 +112,8 @@ def from_saved(data: dict, tensors: dict, folder: Path) -> GenerationResult:
     request = saved_request(data, folder)
     trajectory = saved_trajectory(data.get("trajectory"), tensors)
     for step, kept in zip(trajectory.steps, resume.from_saved(data.get("resume"), tensors, len(trajectory.steps))):
+        if kept is not None and (kept.latents.shape != step.latents.shape or len(kept.generators) != len(seeds_of(data))):
+            raise StudioError(f"{TENSORS}: the kept state of step {step.index + 1} does not fit its latents and seeds.")
         step.resume = kept
     lineage = data.get("lineage")
     seeds = data.get("seeds")
@@ -127,6 +129,11 @@ def from_saved(data: dict, tensors: dict, folder: Path) -> GenerationResult:
         scheduler_name=str(data.get("scheduler_name", "")),
         lineage=None if lineage is None else Lineage(int(lineage["at_step"]), dict(lineage["parent"]),
                                                      str(lineage.get("parent_run", ""))))
+
+
+def seeds_of(data: dict) -> list:
+    seeds = data.get("seeds")
+    return seeds if isinstance(seeds, list) else []
 
 
 def saved_request(data: dict, folder: Path) -> GenerationRequest:

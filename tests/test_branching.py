@@ -166,3 +166,20 @@ def test_the_command_line_branches_a_saved_run_and_says_which_steps_it_ran(bundl
     bad = subprocess.run([sys.executable, "-m", "studio", "branch", str(tmp_path / "run"), "--at-step", "9",
                           "--out", str(tmp_path / "c.png")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: at_step=9 is not allowed")
+
+
+def test_a_run_file_whose_kept_state_does_not_fit_is_refused_by_name(bundled_manager, tmp_path):
+    import json
+
+    parent, _ = parent_run(bundled_manager, "Euler a", img2img=False)
+    runs.save(parent, tmp_path)
+    description = tmp_path / runs.DESCRIPTION
+    data = json.loads(description.read_text())
+    data["resume"][2]["generators"] = data["resume"][2]["generators"][:1]  # one state for two pictures
+    description.write_text(json.dumps(data))
+    with pytest.raises(StudioError, match="the kept state of step 3 does not fit"):
+        runs.load(tmp_path)
+    data["resume"][2]["generators"] = [{"$tensor": "resume.0.latents"}] * 2  # not a generator's state
+    description.write_text(json.dumps(data))
+    with pytest.raises(StudioError, match="generators uint8 tensors"):
+        runs.load(tmp_path)
