@@ -12,7 +12,7 @@ from studio import export, schedulers
 from studio.streams import Done
 from studio.requests import GenerationRequest
 from studio.trajectory import STORE_DTYPE, alpha_bar_at, x0_closed_form
-from tests import tiny_pipelines as tiny
+from tests import tiny_pipelines as tiny  # noqa: F401
 
 ORACLE_SCHEDULERS = [n for n in schedulers.SCHEDULERS if n != "LCM"]  # LCM mixes x_t into its x0
 
@@ -92,7 +92,11 @@ def test_a_long_run_keeps_small_float16_latents_only(managers):
     steps = result.trajectory.steps
     assert len(steps) == 150 and all(s.latents.dtype == STORE_DTYPE for s in steps)
     per_latent = 4 * 32 * 32 * 2  # (1, 4, 32, 32) float16
-    assert result.trajectory.nbytes() == (2 * 150 + 1) * per_latent
+    # x_t, x0 and the x0 of both guidance halves per step, the final latents; then what resuming
+    # needs (x in float32, the generator's state), which branching keeps (studio.resume)
+    kept = result.trajectory.resume_nbytes()
+    assert kept == 150 * (2 * per_latent + torch.Generator().get_state().numel())
+    assert result.trajectory.nbytes() == (4 * 150 + 1) * per_latent + kept
 
 
 def test_the_schedule_falls_from_pure_noise_to_clean(managers):

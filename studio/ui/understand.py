@@ -173,7 +173,7 @@ def wire_lens(manager, viewer: dict, ui: dict, history: gr.State) -> None:
     view = functools.partial(lens_view, manager)
     step.change(view, inputs=[history, choice, step, decoder, ui["scale"]], outputs=shown,
                 api_name="viewer_lens", show_progress="hidden", **gpu)
-    ui["scale"].release(view, inputs=[history, choice, step, decoder, ui["scale"]], outputs=shown,
+    ui["scale"].change(view, inputs=[history, choice, step, decoder, ui["scale"]], outputs=shown,
                         api_visibility="private", show_progress="hidden", **gpu)
     for loaded in viewer["loaded"]:  # a run opened in the viewer: the lens at its own scale
         loaded.then(run_scale, inputs=[history, choice], outputs=ui["scale"], api_visibility="private",
