@@ -61,8 +61,6 @@ class PreviewDecoder:
             return self.tiny(model, latents)
         raise StudioError(f"preview={kind!r} is not a decoder; choose none, fast, tiny or full.")
 
-    # ----- full VAE -------------------------------------------------------------------------
-    @torch.no_grad()
     def step_reporter(self, model, request, total: int, on_step):
         """The recorder's `on_step` for a run: `on_step(number, total, pictures_or_None)` with
         the step's preview when one is due (every `preview_every` steps and at the last)."""
@@ -81,6 +79,8 @@ class PreviewDecoder:
 
         return report
 
+    # ----- full VAE -------------------------------------------------------------------------
+    @torch.no_grad()
     def full(self, model, latents: torch.Tensor) -> list[Image.Image]:
         pipe = model.txt2img
         vae = pipe.vae
