@@ -111,14 +111,14 @@ def from_saved(data: dict, tensors: dict, folder: Path) -> GenerationResult:
                           f"is not a run format this studio reads (it reads {', '.join(map(str, READS))}).")
     request = saved_request(data, folder)
     trajectory = saved_trajectory(data.get("trajectory"), tensors)
-    for step, kept in zip(trajectory.steps, resume.from_saved(data.get("resume"), tensors, len(trajectory.steps))):
-        if kept is not None and (kept.latents.shape != step.latents.shape or len(kept.generators) != len(seeds_of(data))):
-            raise StudioError(f"{TENSORS}: the kept state of step {step.index + 1} does not fit its latents and seeds.")
-        step.resume = kept
     lineage = data.get("lineage")
     seeds = data.get("seeds")
     if not isinstance(seeds, list) or len(seeds) != trajectory.steps[0].latents.shape[0]:
         raise StudioError(f"{DESCRIPTION}: seeds={seeds!r} should give one seed per picture of the batch.")
+    for step, kept in zip(trajectory.steps, resume.from_saved(data.get("resume"), tensors, len(trajectory.steps))):
+        if kept is not None and (kept.latents.shape != step.latents.shape or len(kept.generators) != len(seeds)):
+            raise StudioError(f"{TENSORS}: the kept state of step {step.index + 1} does not fit its latents and seeds.")
+        step.resume = kept
     images = [Image.open(folder / name).convert("RGB") for name in data.get("pictures", [])
               if isinstance(name, str) and Path(name).name == name and (folder / name).is_file()]
     return GenerationResult(
@@ -129,11 +129,6 @@ def from_saved(data: dict, tensors: dict, folder: Path) -> GenerationResult:
         scheduler_name=str(data.get("scheduler_name", "")),
         lineage=None if lineage is None else Lineage(int(lineage["at_step"]), dict(lineage["parent"]),
                                                      str(lineage.get("parent_run", ""))))
-
-
-def seeds_of(data: dict) -> list:
-    seeds = data.get("seeds")
-    return seeds if isinstance(seeds, list) else []
 
 
 def saved_request(data: dict, folder: Path) -> GenerationRequest:
