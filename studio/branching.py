@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from studio import resume, schedulers
+from studio import metadata, resume, schedulers
 from studio.errors import StudioError, bad_argument
 from studio.fields import BRANCHABLE, FIELD, GenerationRequest
 from studio.requests import GenerationResult, check_inputs, whole_number
@@ -29,6 +29,7 @@ from studio.trajectory import alpha_bar_at, uses_sigma_scale
 PARENT_KEYS = {"prompt": "Parent prompt", "negative_prompt": "Parent negative prompt",
                "guidance_scale": "Parent CFG scale", "scheduler": "Parent sampler", "seed": "Parent seed"}
 AT_STEP = "Branch at step"
+IMG2IMG_KEY = FIELD["strength"].infotext  # only an img2img run's PNG has it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +132,22 @@ def lineage_from(values: dict[str, str]) -> tuple[int, dict] | None:
     return int(at_step), {name: values[key] for name, key in PARENT_KEYS.items() if key in values}
 
 
-def regenerate(manager, request: GenerationRequest, at_step: int, parent_values: dict) -> GenerationResult:
-    """A branch made again from its PNG's parameters: `request` as the PNG gives it (the
-    branch's own values), `parent_values` the parent's values of the fields that changed."""
+def regenerate(manager, values: dict[str, str], parent_run: str = ""):
+    """A branch made again from its PNG's parameters (`metadata.parse_parameters` output): the
+    parent is run from its recorded values, then branched with the branch's own. `parent_run`:
+    the parent's number in a history. Returns (the parent run, the branch)."""
+    lineage = lineage_from(values)
+    if lineage is None:
+        raise StudioError(f"This picture is not a branch: its parameters have no {AT_STEP!r}.")
+    if IMG2IMG_KEY in values:
+        raise StudioError("A branch of an img2img run cannot be made again from its PNG: the PNG does not "
+                          "hold the run's starting picture. Branch its run folder with `python -m studio branch`.")
+    fields, notes = metadata.request_fields(values)
+    if notes:
+        raise StudioError(notes[0])
+    request = GenerationRequest(**{**fields, "preview": "none"})
+    at_step, parent_values = lineage
     typed = {name: FIELD[name].kind(value) for name, value in parent_values.items()}
     parent = manager.generate(check_inputs(dataclasses.replace(request, **typed)))
-    return branch(manager, parent, at_step, **{name: getattr(request, name) for name in typed})
+    return parent, branch(manager, parent, at_step, parent_run=parent_run,
+                          **{name: getattr(request, name) for name in typed})

@@ -7,6 +7,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
@@ -139,3 +140,21 @@ def test_the_branch_endpoint_carries_a_run_on_and_refuses_bad_values_by_name(cli
     _, again = client.predict(None, at_step=1, prompt="", negative_prompt="", guidance_scale="3", scheduler="Euler a",
                               seed="", api_name="/branch")
     assert "ran steps 2 to 8" in again and "Euler a" in again
+
+
+def test_the_regenerate_branch_endpoint_makes_a_branchs_png_again_and_refuses_other_pngs(client, bundled_manager,
+                                                                                         tmp_path):
+    from gradio_client.exceptions import AppError
+
+    from studio import branching
+    from studio.outputs import OutputWriter
+    from studio.requests import GenerationRequest
+
+    parent = bundled_manager.generate(GenerationRequest(**{**TXT2IMG, "num_inference_steps": 8}))
+    [plain] = OutputWriter(tmp_path / "parent").write(parent)
+    [png] = OutputWriter(tmp_path / "branch").write(branching.branch(bundled_manager, parent, 3, seed=77))
+    with pytest.raises(AppError, match="This picture is not a branch: its parameters have no 'Branch at step'"):
+        client.predict(handle_file(plain), api_name="/regenerate_branch")
+    picture, info = client.predict(handle_file(png), api_name="/regenerate_branch")
+    assert "branched it after step 3" in info and "It is the dropped picture, pixel for pixel." in info
+    assert (np.asarray(Image.open(picture).convert("RGB")) == np.asarray(Image.open(png).convert("RGB"))).all()

@@ -127,10 +127,18 @@ def test_the_pngs_lineage_regenerates_the_same_pixels(bundled_manager, tmp_path)
     assert values["Parent prompt"] == PROMPT and values["Parent seed"] == "3"
     fields, notes = metadata.request_fields(values)  # what an A1111 reader takes: the branch's own values
     assert not notes and fields["prompt"] == "a small red square, on a white background"
-    at_step, parent_values = branching.lineage_from(values)
-    request = GenerationRequest(**{**fields, "num_images_per_prompt": 2, "preview": "none"})
-    again = branching.regenerate(bundled_manager, request, at_step, parent_values)
-    assert pixels(again) == pixels(branch)
+    again_parent, again = branching.regenerate(bundled_manager, values)
+    assert pixels(again) == pixels(branch) and pixels(again_parent) == pixels(parent)
+
+
+def test_only_a_txt2img_branchs_png_is_made_again(bundled_manager, tmp_path):
+    parent, _ = parent_run(bundled_manager, "Euler", img2img=True)
+    branch = branching.branch(bundled_manager, parent, 2, guidance_scale=3.0)
+    values = metadata.parse_parameters(metadata.format_parameters(branch, branch.seeds[0]))
+    with pytest.raises(StudioError, match="does not hold the run's starting picture"):
+        branching.regenerate(bundled_manager, values)
+    with pytest.raises(StudioError, match="not a branch: its parameters have no 'Branch at step'"):
+        branching.regenerate(bundled_manager, metadata.parse_parameters(metadata.format_parameters(parent, parent.seeds[0])))
 
 
 def test_bad_branches_are_refused_by_name_and_the_next_one_works(bundled_manager, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 from playwright.sync_api import Page, expect, sync_playwright
 
-from studio import metadata
+from studio import branching, metadata
 from studio.outputs import OutputWriter
 from studio.requests import GenerationRequest
 
@@ -244,6 +244,7 @@ def test_a_studio_png_dropped_on_png_info_fills_txt2img(page, bundled_manager, a
     expect(fields).to_contain_text("a large green square at the bottom right")
     expect(fields).to_contain_text("Euler a")
     expect(page.locator("#pnginfo-text textarea")).to_have_value(re.compile(r"Seed: 4321"))
+    expect(page.locator("#pnginfo-regenerate")).to_be_hidden()  # not a branch
     page.screenshot(path=artifacts / "pnginfo.png", full_page=True)
 
     page.click("#pnginfo-to-txt2img")
@@ -255,6 +256,27 @@ def test_a_studio_png_dropped_on_png_info_fills_txt2img(page, bundled_manager, a
     expect(page.locator("#txt2img-guidance input[type=number]")).to_have_value("5.5")
     expect(page.locator("#txt2img-scheduler input")).to_have_value("Euler a")
     page.screenshot(path=artifacts / "pnginfo-sent-to-txt2img.png", full_page=True)
+
+
+def test_a_branchs_png_dropped_on_png_info_is_made_again_pixel_for_pixel(page, bundled_manager, artifacts,
+                                                                        tmp_path):
+    parent = bundled_manager.generate(GenerationRequest(
+        prompt="a large yellow circle on a blue background", num_inference_steps=10, scheduler="DPM++ 2M", seed=21))
+    made = branching.branch(bundled_manager, parent, 4, prompt="a large red triangle on a blue background",
+                            guidance_scale=5.0)
+    [png] = OutputWriter(tmp_path).write(made)
+
+    page.click("#tab-pnginfo-button")
+    drop_file(page, "#pnginfo-image button[aria-label*=Drop]", Path(png))
+    expect(page.locator("#pnginfo-fields")).to_contain_text("Parent prompt")
+    page.click("#pnginfo-regenerate")
+    expect(page.locator("#pnginfo-regenerated-info")).to_contain_text("It is the dropped picture, pixel for pixel.")
+    expect(page.locator("#pnginfo-regenerated-info")).to_contain_text("Ran the parent (#1) and branched it after step 4 (#2)")
+    expect_loaded_image(page, "#pnginfo-regenerated")
+    assert (picture_pixels(page, "#pnginfo-regenerated") == np.asarray(made.images[0].convert("RGB"))).all()
+    page.screenshot(path=artifacts / "pnginfo-branch-made-again.png", full_page=True)
+    page.click("#tab-viewer-button")
+    expect(page.locator("#viewer-run input")).to_have_value(re.compile(r"#2 .*branch of #1 after step 4"))
 
 
 def drag_slider_to(page: Page, elem_id: str, fraction: float) -> int:

@@ -44,7 +44,7 @@ def build_demo(manager, settings: Settings) -> gr.Blocks:
             with gr.Tab("History", id="history", elem_id="tab-history"):
                 history_tab.build(manager, history, txt2img, img2img, viewer, tabs)
             with gr.Tab("PNG info", id="pnginfo", elem_id="tab-pnginfo"):
-                pnginfo_tab.build(manager, txt2img, img2img, tabs)
+                pnginfo_tab.build(manager, writer, history, txt2img, img2img, tabs)
         panels = [txt2img["panel"], img2img["panel"], xyplot["panel"]]
         switched.success(lambda: settings_panel.fit_sizes(manager, panels),
                          outputs=[s for p in panels for s in (p.width, p.height)], api_visibility="private")
