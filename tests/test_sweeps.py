@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio import grids, metadata, schedulers, sweeps
+from studio import grids, metadata, sweeps
 from studio.errors import GenerationCancelled, StudioError
 from studio.history import SessionHistory
 from studio.outputs import OutputWriter
