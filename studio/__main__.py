@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--decoder", choices=[p for p in config.PREVIEWS if p != "none"], default="full")
     i.add_argument("--cfg", type=float, default=None, metavar="S",
                    help="with --step and --out: x0 at that step re-mixed at guidance S (the CFG lens; no UNet call)")
+    i.add_argument("--attention", default=None, metavar="WORD",
+                   help="with --out: WORD's attention map (grayscale at the picture's size, brightest where it is "
+                        "highest) at --step, or over all steps without it; the run must have recorded attention")
     config.add_model_arguments(i, {**config.defaults(), "model": None})
     b = commands.add_parser("branch", help="carry on a saved run from one of its steps, with changes")
     b.add_argument("run", type=Path, help="the folder --trajectory wrote (run.json and run.safetensors)")
@@ -64,6 +67,9 @@ def add_field_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         options = {"choices": field.choices} if field.choices and field.name != "scheduler" else {}
         hint = "; ".join(field.choices) if field.name == "scheduler" else field.hint
+        if field.kind is bool:
+            parser.add_argument(field.flag, dest=field.name, action="store_true", help=hint or None)
+            continue
         parser.add_argument(field.flag, dest=field.name, type=field.kind, default=field.default,
                             required=field.name == "prompt", help=hint or None,
                             metavar=field.flag[2:].upper().replace("-", "_"), **options)
@@ -125,19 +131,25 @@ def save_trajectory(manager, result, folder: Path, decoder: str) -> None:
 def inspect(args: argparse.Namespace) -> None:
     """Print a saved run's summary; with --out, write its contact sheet, or step --step's x_t | x0,
     decoded as the viewer decodes them (by the run's own model unless --model names another)."""
-    from studio import export, runs
+    from studio import attention, export, runs
 
     result = runs.load(args.run)
     r, steps = result.request, result.trajectory.steps
     print(f"{args.run}: {'img2img' if r.is_img2img else 'txt2img'} {r.prompt!r}, seeds {result.seeds}, "
           f"{len(steps)} steps ({result.scheduler_name}), {r.width}x{r.height}, model {result.model} "
           f"[{result.model_hash}]")
+    if attention.recorded(result.trajectory):
+        print("attention recorded for the words: " + ", ".join(w.text for w in attention.run_words(result.trajectory)))
     if args.step is not None and not 1 <= args.step <= len(steps):
         raise StudioError(f"step={args.step} is not allowed: expected 1 to {len(steps)}.")
     if args.cfg is not None and (args.step is None or args.out is None):
         raise StudioError(f"cfg={args.cfg}: the lens needs --step K and --out FILE.png.")
+    if args.attention is not None and (args.out is None or args.cfg is not None):
+        raise StudioError(f"attention={args.attention!r} needs --out FILE.png (and no --cfg).")
     if args.out is None:
         return
+    if args.attention is not None:
+        return attention_map(args, result)
     manager = run_manager(args, result)
     if args.cfg is not None:
         from studio import lens
@@ -156,6 +168,17 @@ def inspect(args: argparse.Namespace) -> None:
         noisy, clean = pairs[args.step - 1]
         export.side_by_side(noisy, clean, export.caption(steps[args.step - 1])).save(args.out)
     print(f"wrote {args.out}")
+
+
+def attention_map(args: argparse.Namespace, result) -> None:
+    """Write the word's map for the first picture: no model is needed, the run file holds it."""
+    from studio import attention
+
+    found = attention.find_word(result.trajectory, args.attention)
+    maps = attention.maps_at(result.trajectory, None if args.step is None else args.step - 1)
+    attention.grayscale(attention.heat(maps, found, (result.request.width, result.request.height))).save(args.out)
+    where = "over all steps" if args.step is None else f"at step {args.step}"
+    print(f"wrote {args.out}: the attention of {args.attention!r} {where}")
 
 
 def run_manager(args: argparse.Namespace, result):

@@ -98,6 +98,8 @@ def start_of(manager, parent: GenerationResult, at_step: int, request: Generatio
                           "before runs kept it); branch it at 0, or run it again.")
     new_seed = "seed" in lineage.parent
     shared = parent.trajectory.steps[:at_step]
+    if "prompt" in lineage.parent:  # the parent's attention maps are to the parent's words
+        shared = [dataclasses.replace(step, attention=None) for step in shared]
     if request.scheduler == parent.request.scheduler:
         if new_seed:  # DPM++ SDE's tree of noise to come is seeded by the new seed
             kept = dataclasses.replace(kept, scheduler={k: v for k, v in kept.scheduler.items()

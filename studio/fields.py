@@ -29,7 +29,7 @@ MAX_CLIP_SKIP = 12
 @dataclasses.dataclass(frozen=True)
 class Field:
     name: str                      # GenerationRequest's attribute: diffusers' argument name
-    kind: type                     # int, float or str
+    kind: type                     # int, float, str or bool
     default: object
     label: str
     hint: str = ""
@@ -56,6 +56,8 @@ class Field:
         """What a bad value is told it should be, as check_inputs and PNG info say it."""
         if self.choices:
             return "one of " + ", ".join(self.choices)
+        if self.kind is bool:
+            return "true or false"
         if self.kind is int:
             return f"a whole number from {self.low:g} to {self.high:g}"
         return f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
@@ -94,11 +96,13 @@ FIELDS: tuple[Field, ...] = (
     Field("preview", str, "none", "Live preview", "decoder for step previews", choices=tuple(PREVIEWS),
           flag="--preview", ui_default="fast"),
     Field("preview_every", int, 1, "Preview every", "", 1, MAX_STEPS, 1),
+    Field("record_attention", bool, False, "Record attention",
+          "keep which word the model looked at, at every pixel and step, for the viewer", flag="--attention"),
 )
 FIELD = {f.name: f for f in FIELDS}
 # The fields a generation tab shows and the API takes, in the order the panel lays them out
 PANEL = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "width", "height",
-         "scheduler", "num_images_per_prompt", "seed", "subseed", "subseed_strength", "preview")
+         "scheduler", "num_images_per_prompt", "seed", "subseed", "subseed_strength", "preview", "record_attention")
 # What a branch may change when it carries a run on from a step (studio.branching); the rest is the parent's.
 BRANCHABLE = ("prompt", "negative_prompt", "guidance_scale", "scheduler", "seed")
 BY_INFOTEXT = {f.infotext: f for f in FIELDS if f.infotext}
@@ -137,6 +141,7 @@ class GenerationRequest:
     strength: float = default("strength")
     preview: str = default("preview")
     preview_every: int = default("preview_every")
+    record_attention: bool = default("record_attention")  # per-word cross-attention maps (studio.attention)
 
     @property
     def is_img2img(self) -> bool:

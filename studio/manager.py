@@ -21,6 +21,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from studio import attention as studio_attention
 from studio import devices, forward, images, models, noise, prompts, schedulers, streams
 from studio.config import Settings
 from studio.errors import GenerationCancelled, StudioError
@@ -222,7 +223,8 @@ class PipelineManager:
                                       start_step=request.num_inference_steps - total,
                                       on_step=self.previews.step_reporter(model, request, total, on_step),
                                       should_stop=cancel.is_set, steps=start.steps if start is not None else (),
-                                      generators=generators if self.keep_steps_state else None)
+                                      generators=generators if self.keep_steps_state else None,
+                                      attention=studio_attention.for_run(pipe, request, len(seeds), warnings))
         recorder.trajectory.schedule = schedule_sigmas(
             schedulers.make_scheduler(request.scheduler, model.scheduler_config), request.num_inference_steps)
         recorder.attach(pipe.scheduler, getattr(pipe, "unet", None) if self.keep_steps_state else None)

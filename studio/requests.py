@@ -105,6 +105,10 @@ def check_field(field: Field, value):
     if field.kind is str:
         check_text(field.name, value)
         return value
+    if field.kind is bool:
+        if not isinstance(value, bool):
+            raise bad_argument(field.name, value, field.expected)
+        return value
     if field.kind is int:
         whole_number(field.name, value, field.low, field.high)
         if int(value) % field.multiple_of:

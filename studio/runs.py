@@ -4,7 +4,8 @@ run.safetensors holds the trajectory's tensors: every step's x_t (`latents`) and
 (`x0`), stacked as (steps, batch, c, h, w), the latents after the last step (`final`), where
 guidance ran the x0 of each half (`x0_uncond`, `x0_cond`, for the CFG lens), and each step's
 resumable state (`resume.<step>.*`: x in the sampler's scale, its state, the generators'; see
-studio.resume), so that a saved run can be branched at any step. run.json holds the rest: the request as run (seed and size resolved), each picture's seed, the
+studio.resume), so that a saved run can be branched at any step, and the per-token
+cross-attention maps where they were recorded (`attention`, (steps, batch, tokens, h, w)). run.json holds the rest: the request as run (seed and size resolved), each picture's seed, the
 model and its hash, the sampler, the schedule and each step's timestep and sigma, timings, and
 the versions that made it, the resumable state's structure, and a branch's lineage. The pictures are picture-<i>.png beside them (with their parameters
 text), and an img2img run's starting picture is input.png.
@@ -59,6 +60,8 @@ def save(result: GenerationResult, folder: Path) -> list[Path]:
     for half in HALVES:  # the CFG lens: where every step ran guidance
         if all(getattr(s, half) is not None for s in trajectory.steps):
             tensors[half] = torch.stack([getattr(s, half) for s in trajectory.steps]).contiguous()
+    if all(s.attention is not None for s in trajectory.steps):
+        tensors["attention"] = torch.stack([s.attention for s in trajectory.steps]).contiguous()
     kept = resume.to_saved([s.resume for s in trajectory.steps], tensors)
     written = [folder / TENSORS, folder / DESCRIPTION]
     save_file(tensors, str(written[0]), metadata={"format": str(FORMAT)})
@@ -82,7 +85,7 @@ def describe(result: GenerationResult, pictures: list[str]) -> dict:
             "scheduler_name": result.scheduler_name, "device": result.device, "dtype": result.dtype,
             "timings": result.timings, "warnings": result.warnings, "pictures": pictures,
             "trajectory": {"num_inference_steps": t.num_inference_steps, "start_step": t.start_step,
-                           "schedule": t.schedule,
+                           "schedule": t.schedule, "tokens": t.tokens,
                            "steps": [{"timestep": s.timestep, "sigma": s.sigma} for s in t.steps]},
             "versions": versions()}
 
@@ -155,11 +158,19 @@ def saved_trajectory(data, tensors: dict) -> Trajectory:
     final = tensors.get("final")
     if final is not None and final.shape != latents.shape[1:]:
         raise StudioError(f"{TENSORS}: final is {tuple(final.shape)}, not a step's {tuple(latents.shape[1:])}.")
-    halves = {h: tensors[h] for h in HALVES if h in tensors and tensors[h].shape == x0.shape}
+    per_step = {h: tensors[h] for h in HALVES if h in tensors and tensors[h].shape == x0.shape}
+    tokens = [str(t) for t in data.get("tokens") or []]
+    attention = tensors.get("attention")
+    if attention is not None and tuple(attention.shape) != (*latents.shape[:2], len(tokens), *latents.shape[3:]):
+        raise StudioError(f"{TENSORS}: attention is {tuple(attention.shape)}, not (steps, batch, tokens, h, w) "
+                          f"for {len(steps)} steps, {latents.shape[1]} pictures and {len(tokens)} tokens.")
+    if attention is not None:
+        per_step["attention"] = attention
     return Trajectory(
         steps=[Step(i, float(s["timestep"]), float(s["sigma"]), latents[i].to(STORE_DTYPE), x0[i].to(STORE_DTYPE),
-                    **{h: v[i].to(STORE_DTYPE) for h, v in halves.items()})
+                    **{name: v[i].to(STORE_DTYPE) for name, v in per_step.items()})
                for i, s in enumerate(steps)],
+        tokens=tokens,
         num_inference_steps=int(data.get("num_inference_steps", len(steps))),
         start_step=int(data.get("start_step", 0)), schedule=[float(v) for v in data.get("schedule", [])],
         final=None if final is None else final.to(STORE_DTYPE))

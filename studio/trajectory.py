@@ -33,6 +33,7 @@ class Step:
     x0_uncond: torch.Tensor | None = None
     x0_cond: torch.Tensor | None = None
     resume: ResumeState | None = None  # what carrying on after this step needs (studio.resume)
+    attention: torch.Tensor | None = None  # (batch, tokens, h, w) per prompt token, if recorded (studio.attention)
 
 
 @dataclasses.dataclass
@@ -42,9 +43,11 @@ class Trajectory:
     start_step: int = 0            # img2img: steps skipped by strength
     final: torch.Tensor | None = None  # latents after the last step
     schedule: list[float] = dataclasses.field(default_factory=list)  # sigma at each of the N steps
+    tokens: list[str] = dataclasses.field(default_factory=list)  # the prompt's, where attention was recorded
 
     def nbytes(self) -> int:
-        tensors = [t for s in self.steps for t in (s.latents, s.x0, s.x0_uncond, s.x0_cond) if t is not None]
+        tensors = [t for s in self.steps for t in (s.latents, s.x0, s.x0_uncond, s.x0_cond, s.attention)
+                   if t is not None]
         tensors += [self.final] if self.final is not None else []
         return sum(t.numel() * t.element_size() for t in tensors) + self.resume_nbytes()
 
@@ -102,12 +105,13 @@ class TrajectoryRecorder:
     """Records one run. Install with `attach(scheduler)`; pass `callback` to the pipeline."""
 
     def __init__(self, num_inference_steps: int, start_step: int = 0, on_step=None, should_stop=None,
-                 generators=None, steps=()):
+                 generators=None, steps=(), attention=None):
         self.trajectory = Trajectory(steps=list(steps), num_inference_steps=num_inference_steps,
-                                     start_step=start_step)
+                                     start_step=start_step, tokens=attention.token_names if attention else [])
         self.on_step = on_step          # on_step(step: Step, recorder) after each finished step
         self.should_stop = should_stop  # should_stop() -> bool, checked after each step
         self.generators = generators    # each image's generator: kept after every step to resume
+        self.attention = attention      # a studio.attention.AttentionRecorder, or None
         self._pending: dict | None = None   # a step whose second UNet call is still to come
         self._ready: dict | None = None     # a finished step the next callback will record
         self._scheduler = None
@@ -128,6 +132,8 @@ class TrajectoryRecorder:
         scheduler.set_timesteps = set_and_note
         if unet is not None:
             self._hook = unet.register_forward_hook(self._keep_output)
+        if self.attention is not None:
+            self.attention.install()
 
         # wraps() keeps step's signature visible: pipelines pass `generator` and `eta` only to a
         # step that declares them, and ancestral samplers lose determinism without the generator.
@@ -140,6 +146,8 @@ class TrajectoryRecorder:
         scheduler.step = step
 
     def close(self) -> None:
+        if self.attention is not None:
+            self.attention.remove()
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -187,13 +195,15 @@ class TrajectoryRecorder:
         if ready is not None and steps and steps[-1].timestep == ready["timestep"]:
             # PLMS runs its first timestep twice (a warm-up, then the real step): one entry
             steps[-1].x0 = stored(ready["x0"])
+            self._attention()  # the entry keeps the warm-up's map; the repeat's is dropped
             self._keep_state(steps[-1], pipe, i, callback_kwargs)
         elif ready is not None:
             entry = Step(
                 index=len(self.trajectory.steps), timestep=ready["timestep"],
                 sigma=sigma_from_alpha_bar(ready["alpha_bar"]),
                 latents=stored(ready["latents"]), x0=stored(ready["x0"]),
-                x0_uncond=stored(ready.get("x0_uncond")), x0_cond=stored(ready.get("x0_cond")))
+                x0_uncond=stored(ready.get("x0_uncond")), x0_cond=stored(ready.get("x0_cond")),
+                attention=self._attention())
             self._keep_state(entry, pipe, i, callback_kwargs)
             self.trajectory.steps.append(entry)
             self.trajectory.final = stored(callback_kwargs["latents"])
@@ -202,6 +212,9 @@ class TrajectoryRecorder:
         if self.should_stop is not None and self.should_stop():
             pipe._interrupt = True
         return callback_kwargs
+
+    def _attention(self):
+        return None if self.attention is None else self.attention.take()
 
     def _keep_state(self, entry: Step, pipe, i: int, callback_kwargs: dict) -> None:
         """Keep what resuming after `entry` needs. The pipeline's loop runs the tail of the

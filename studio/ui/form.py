@@ -85,6 +85,8 @@ def control(field: fields.Field, tab: str, **options):
         return gr.Radio(options.pop("choices", None) or PREVIEW_CHOICES, value=value, **common, **options)
     if field.choices:
         return gr.Dropdown(list(field.choices), value=value, info=field.hint or None, **common, **options)
+    if field.kind is bool:
+        return gr.Checkbox(value=value, info=field.hint or None, **common, **options)
     if field.kind is int and field.high >= fields.MAX_SEED:
         return WholeNumber(value=value, precision=0, minimum=field.low, maximum=field.high, info=field.hint or None,
                            **common, **options)
