@@ -171,11 +171,14 @@ def maps_at(trajectory, step: int | None, picture: int = 0) -> torch.Tensor:
     return torch.stack([s.attention[picture] for s in trajectory.steps]).float().mean(0)
 
 
-def heat(maps: torch.Tensor, found: list[Word], size: tuple[int, int]) -> np.ndarray:
-    """The words' summed map at `size` (width, height), 0 to 1 (1 where it is highest)."""
+def heat(maps: torch.Tensor, found: list[Word], size: tuple[int, int], stretch: bool = False) -> np.ndarray:
+    """The words' summed map at `size` (width, height), 0 to 1: 1 where it is highest, 0 where it
+    is none, or with `stretch` where it is lowest (a word that is everywhere shows where it is most)."""
     total = sum(word_map(maps, w) for w in found)
     height, width = size[1], size[0]
     total = F.interpolate(total[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    if stretch:
+        total = total - total.min()
     return (total / total.max().clamp(min=1e-12)).clamp(0, 1).numpy()
 
 
@@ -184,12 +187,17 @@ def grayscale(heat_map: np.ndarray) -> Image.Image:
     return Image.fromarray(np.round(heat_map * 255).astype(np.uint8), mode="L")
 
 
-def overlay(picture: Image.Image, heat_map: np.ndarray, strength: float = 0.65) -> Image.Image:
-    """`picture` with the map over it, dark red to yellow as the attention rises."""
+def spotlight(picture: Image.Image, heat_map: np.ndarray, floor: float = 0.2) -> Image.Image:
+    """`picture` lit by the map: full brightness where the attention is highest, dimmed to
+    `floor` where there is none."""
     base = np.asarray(picture.convert("RGB").resize(heat_map.shape[::-1], Image.BILINEAR), dtype=np.float32)
-    colour = np.stack([np.full_like(heat_map, 255.0), 255.0 * heat_map ** 1.5, np.zeros_like(heat_map)], -1)
-    alpha = (strength * heat_map)[..., None]
-    return Image.fromarray(np.round(base * (1 - alpha) + colour * alpha).astype(np.uint8))
+    return Image.fromarray(np.round(base * (floor + (1 - floor) * heat_map[..., None])).astype(np.uint8))
+
+
+def hot(heat_map: np.ndarray) -> Image.Image:
+    """The map in the "hot" colours: black, red, yellow, white as the attention rises."""
+    rgb = np.stack([np.clip(3 * heat_map - k, 0, 1) for k in range(3)], -1)
+    return Image.fromarray(np.round(rgb * 255).astype(np.uint8))
 
 
 def ranking(maps: torch.Tensor, trajectory, x: float, y: float) -> list[tuple[str, float]]:
@@ -201,3 +209,10 @@ def ranking(maps: torch.Tensor, trajectory, x: float, y: float) -> list[tuple[st
     for word in run_words(trajectory):
         shares[word.text] = shares.get(word.text, 0.0) + float(word_map(maps, word)[row, col])
     return sorted(shares.items(), key=lambda item: -item[1])
+
+
+def most_focused(maps: torch.Tensor, trajectory) -> str | None:
+    """The word whose map is most concentrated (its peak over its mean): the viewer's first pick."""
+    focus = {w.text: float(m.max() / m.mean().clamp(min=1e-12))
+             for w in run_words(trajectory) for m in [word_map(maps, w)]}
+    return max(focus, key=focus.get) if focus else None

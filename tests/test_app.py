@@ -142,6 +142,23 @@ def test_the_branch_endpoint_carries_a_run_on_and_refuses_bad_values_by_name(cli
     assert "ran steps 2 to 8" in again and "Euler a" in again
 
 
+def test_the_api_records_attention_on_request_and_the_viewer_shows_a_words_map(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=re.escape("record_attention='yes' is not allowed: expected true or false")):
+        client.predict(**{**TXT2IMG, "record_attention": "yes"}, api_name="/txt2img")
+    client.predict(**{**TXT2IMG, "num_inference_steps": 6, "record_attention": True}, api_name="/txt2img")
+    words, lit, alone, note = client.predict(None, 3, "fast", "circle", False, api_name="/viewer_attention")
+    assert [c[0] for c in words["choices"]] == ["a", "small", "red", "circle"] and words["value"] == "circle"
+    assert Image.open(lit).size == Image.open(alone).size == (256, 256)
+    assert "The attention of **circle** at step 3" in note
+    with pytest.raises(AppError, match=re.escape("attention='square' is not a word of this run's prompt")):
+        client.predict(None, 3, "fast", "square", False, api_name="/viewer_attention")
+    client.predict(**{**TXT2IMG, "num_inference_steps": 2}, api_name="/txt2img")  # recording is off by default
+    _, lit, _, note = client.predict(None, 2, "fast", "circle", False, api_name="/viewer_attention")
+    assert lit is None and "did not record attention" in note
+
+
 def test_the_regenerate_branch_endpoint_makes_a_branchs_png_again_and_refuses_other_pngs(client, bundled_manager,
                                                                                          tmp_path):
     from gradio_client.exceptions import AppError

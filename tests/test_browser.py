@@ -517,7 +517,8 @@ def test_a_saved_run_reopens_in_the_viewer_as_the_live_run_showed(page, browser,
 def open_in_viewer(page, steps: int) -> None:
     page.click("#tab-viewer-button")
     page.click("#viewer-load")
-    expect(page.locator("#viewer-caption")).to_contain_text(f"Step {steps} of {steps}")
+    expect(page.locator("#viewer-caption")).to_contain_text(f"Step {steps} of {steps}",
+                                                            timeout=GENERATION_SECONDS * 1000)
 
 
 def test_branching_from_a_step_shows_the_run_and_its_branch_side_by_side(page, artifacts):
@@ -575,3 +576,36 @@ def test_the_lens_slider_re_mixes_x0_and_the_convergence_plot_says_when_it_settl
     page.screenshot(path=artifacts / "viewer-lens.png", full_page=True)
     assert np.abs(at_one - at_run_scale).mean() > 5       # the slider changed x0
     assert np.abs(at_one - conditional).mean() < 3        # at 1 the guided x0 is the conditional one
+
+
+def test_picking_a_word_shows_its_attention_over_x0_and_a_click_ranks_the_words(page, artifacts):
+    page.check("#txt2img-record-attention input")
+    generate_in_txt2img(page, "a large red circle on a blue background", steps=10, seed=5)
+    open_in_viewer(page, 10)
+    page.locator("#viewer-attention-box").scroll_into_view_if_needed()
+    note, overlay = page.locator("#viewer-attention-note"), "#viewer-attention-overlay"
+    expect(note).to_contain_text("at step 10, over its x0")
+    # the prompt's words, each once ("a" is in it twice)
+    words = page.locator("#viewer-attention-word label")
+    expect(words).to_have_text(["a", "large", "red", "circle", "on", "blue", "background"])
+    words.filter(has_text="blue").click()
+    expect(note).to_contain_text("The attention of blue at step 10")
+    expect_loaded_image(page, overlay)
+    page.locator("#viewer-attention-all input").check()
+    expect(note).to_contain_text("The attention of blue averaged over all steps")
+    expect_loaded_image(page, overlay)
+    picture = page.locator(f"{overlay} img").first
+    size = picture.bounding_box()
+    picture.click(position={"x": size["width"] / 2, "y": size["height"] / 2})
+    ranking = page.locator("#viewer-attention-ranking")
+    expect(ranking).to_contain_text("At (50% across, 50% down), over all steps")
+    # the centre is the red circle's: its colour word leads there
+    expect(ranking.locator("li").first).to_have_text(re.compile(r"^red: \d+%$"))
+    page.locator("#viewer-attention-box").scroll_into_view_if_needed()
+    page.screenshot(path=artifacts / "viewer-attention.png", full_page=True)
+    # a run without recording says how to record
+    page.click("#tab-txt2img-button")
+    page.locator("#txt2img-record-attention input").uncheck()
+    generate_in_txt2img(page, "a small green square", steps=4, seed=6)
+    open_in_viewer(page, 4)
+    expect(note).to_contain_text("This run did not record attention")

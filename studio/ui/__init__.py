@@ -47,7 +47,7 @@ def build_demo(manager, settings: Settings) -> gr.Blocks:
                 pnginfo_tab.build(manager, writer, history, txt2img, img2img, tabs)
         panels = [txt2img["panel"], img2img["panel"], xyplot["panel"]]
         switched.success(lambda: settings_panel.fit_sizes(manager, panels),
-                         outputs=[s for p in panels for s in (p.width, p.height)], api_visibility="private")
+                         outputs=[s for p in panels for s in (p.width, p.height, p.record_attention)], api_visibility="private")
         demo.unload(page_closed)
     # api_open=False: Gradio's REST routes (/run/<name>) would otherwise run an event directly,
     # beside the queue and past its one-generation-at-a-time limit (Gradio opens them off Spaces).

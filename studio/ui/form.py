@@ -86,7 +86,7 @@ def control(field: fields.Field, tab: str, **options):
     if field.choices:
         return gr.Dropdown(list(field.choices), value=value, info=field.hint or None, **common, **options)
     if field.kind is bool:
-        return gr.Checkbox(value=value, info=field.hint or None, **common, **options)
+        return gr.Checkbox(value=value, **{"info": field.hint or None, **common, **options})
     if field.kind is int and field.high >= fields.MAX_SEED:
         return WholeNumber(value=value, precision=0, minimum=field.low, maximum=field.high, info=field.hint or None,
                            **common, **options)
@@ -101,13 +101,14 @@ ELEM_IDS = {"num_inference_steps": "steps", "guidance_scale": "guidance", "num_i
 
 def parameter_panel(tab: str, native_size: int, size_factor: float = SIZE_FACTOR,
                     previews: list[tuple[str, str]] | None = None, batch_count: bool = True,
-                    prompt: str | None = None) -> ParameterPanel:
+                    prompt: str | None = None, has_text: bool = True) -> ParameterPanel:
     """The controls of studio.fields.PANEL, a row per the table's `row`. With `batch_count`, also a
     "Batch count" slider (`panel.batch_count`, not in `inputs()`: events that run batches add it)."""
     bound, size_hint = size_bound(native_size, size_factor), size_info(native_size, size_factor)
     special = {"preview": dict(choices=previews), "prompt": {} if prompt is None else dict(value=prompt),
                "width": dict(maximum=bound, value=native_size, info=size_hint, kind=SizeSlider),
-               "height": dict(maximum=bound, value=native_size, info=size_hint, kind=SizeSlider)}
+               "height": dict(maximum=bound, value=native_size, info=size_hint, kind=SizeSlider),
+               "record_attention": attention_toggle(has_text)}
     controls, count, extras = {}, None, {}
     for row, names in itertools.groupby(fields.PANEL, key=lambda name: fields.FIELD[name].row):
         with gr.Row() if row else contextlib.nullcontext():
@@ -121,6 +122,13 @@ def parameter_panel(tab: str, native_size: int, size_factor: float = SIZE_FACTOR
                     extras["reuse"] = gr.Button("Reuse last", size="sm", elem_id=f"{tab}-reuse-seed")
     extras["random"].click(random_seed_value, outputs=controls["seed"], api_visibility="private", queue=False)
     return ParameterPanel(controls, extras["reuse"], count)
+
+
+def attention_toggle(has_text: bool) -> dict:
+    """The Record attention box's options: an unconditional model has no text to attend to."""
+    if has_text:
+        return dict(interactive=True, info=fields.FIELD["record_attention"].hint)
+    return dict(interactive=False, value=False, info="this model is unconditional: it has no text, so no attention to words")
 
 
 def random_seed_value() -> int:

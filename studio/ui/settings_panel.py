@@ -50,7 +50,7 @@ def build(manager, settings):
 
 def fit_sizes(manager, panels: list) -> list:
     """After a model switch: every panel's width and height bounded by the new model and set to
-    its native size. The sliders themselves change too, as Gradio checks every session's and
+    its native size, and its Record attention box on only for a model with text. The sliders themselves change too, as Gradio checks every session's and
     API caller's value against them on the server; open pages see the new range on reload."""
     native, factor = manager.info.native_size, manager.settings.size_factor
     updates = []
@@ -58,4 +58,5 @@ def fit_sizes(manager, panels: list) -> list:
         for slider in (panel.width, panel.height):
             slider.maximum = size_bound(native, factor)
             updates.append(gr.update(maximum=slider.maximum, value=native, info=form.size_info(native, factor)))
+        updates.append(gr.update(**form.attention_toggle(manager.info.family != "unconditional")))
     return updates

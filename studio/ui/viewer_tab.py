@@ -20,7 +20,7 @@ import gradio as gr
 from studio import export, runs
 from studio.errors import StudioError
 from studio.history import SessionHistory
-from studio.ui import cache, common, form, understand, uploads
+from studio.ui import attention_view, cache, common, form, understand, uploads
 
 
 
@@ -168,12 +168,14 @@ def build(manager, history: gr.State, last_image: gr.State, writer) -> dict:
                 "**Right:** what the model predicts the clean picture x0 to be at that step.")
     ui = layout(manager)
     branch, lens = understand.layout_branch(), understand.layout_lens()
+    words = attention_view.layout()
     forward_section(manager, last_image)
     ui["loaded"] = wire(manager, ui, history, writer.root)
     ui["shown"] = shown_of(ui)
     ui["open_newest"] = lambda history_, decoder_: load_run(manager, history_, None, decoder_)
     understand.wire(manager, writer, ui, branch, history)
     understand.wire_lens(manager, ui, lens, history)
+    attention_view.wire(manager, ui, words, history)
     return {"run": ui["choice"], "decoder": ui["decoder"], "shown": shown_of(ui)}  # History's "Open in viewer"
 
 
