@@ -23,7 +23,7 @@ from pathlib import Path
 from studio.config import DEFAULT_MODEL
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "10")  # 9, the headline, comes with 1
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "10", "11")  # 9, the headline, comes with 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,8 +84,8 @@ class Run:
 
 
 def in_process_sections(run: Run, manager, plan) -> None:
-    """Sections 1, 2, 3, 6 (trajectory size) and 8 on the loaded manager."""
-    from benchmarks import generation
+    """Sections 1, 2, 3, 6 (trajectory size), 8, 10 and 11 on the loaded manager."""
+    from benchmarks import explain, generation
 
     raw = generation.load_raw_pipeline(manager) if run.only & {"1", "3"} else None
     run.section("1", "studio vs raw diffusers", generation.studio_vs_diffusers, manager, raw, plan)
@@ -94,6 +94,7 @@ def in_process_sections(run: Run, manager, plan) -> None:
     run.section("6", "trajectory size", generation.trajectory_sizes, manager, plan)
     run.section("8", "scaling", generation.scaling, manager, plan)
     run.section("10", "what branching and the CFG lens keep", generation.kept_state, manager, plan)
+    run.section("11", "what recording attention costs", explain.attention_cost, manager, plan)
 
 
 def serving_sections(run: Run, manager, plan) -> None:

@@ -37,6 +37,20 @@ def caption(step) -> str:
     return f"step {step.index + 1}  t={step.timestep:.0f}  {sigma_sign()}={step.sigma:.2f}"
 
 
+def step_caption(trajectory, number: int) -> str:
+    """"Step 12 of 12"; for a run that ran fewer steps than it scheduled (img2img, Stop), which of
+    the ones that ran, and where that is in the schedule, so the header and the slider agree."""
+    entry, ran, total = trajectory.steps[number - 1], len(trajectory.steps), trajectory.num_inference_steps
+    head = f"**Step {number} of {total}**"
+    if ran != total:
+        skipped = f"; strength skipped the first {trajectory.start_step}" if trajectory.start_step else ""
+        head = (f"**Step {number} of the {ran} that ran** ({trajectory.start_step + number} of {total} "
+                f"scheduled{skipped})")
+    noise_share = (entry.sigma ** 2 / (1 + entry.sigma ** 2)) ** 0.5
+    return (f"{head} · timestep t = {entry.timestep:.0f} · σ = {entry.sigma:.3f} · "
+            f"noise share √(1−ᾱ) = {noise_share:.2f}")
+
+
 def step_pictures(manager, trajectory, kind: str = "fast", image_index: int = 0) -> list[tuple]:
     """[(x_t picture, x0 picture), ...] for every step, for one image of the batch."""
     pairs = []

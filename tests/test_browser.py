@@ -609,3 +609,30 @@ def test_picking_a_word_shows_its_attention_over_x0_and_a_click_ranks_the_words(
     generate_in_txt2img(page, "a small green square", steps=4, seed=6)
     open_in_viewer(page, 4)
     expect(note).to_contain_text("This run did not record attention")
+
+
+def test_the_slider_and_arrow_keys_switch_frames_in_the_browser_and_play_animates_the_run(page, artifacts):
+    generate_in_txt2img(page, "a large blue triangle on a yellow background", steps=20, seed=8)
+    open_in_viewer(page, 20)
+    player = page.locator("#viewer-player .studio-player")
+    x0 = player.locator("figure").nth(1).locator("img")
+    expect(player).to_have_attribute("data-step", "20")
+    expect(x0).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))  # in the page, not fetched
+    last = x0.get_attribute("src")
+    slider = page.locator("#viewer-step input[type=range]")
+    slider.focus()
+    for _ in range(3):
+        page.keyboard.press("ArrowLeft")
+    expect(player).to_have_attribute("data-step", "17")
+    expect(player.locator(".studio-player-caption")).to_contain_text("Step 17 of 20")
+    assert x0.get_attribute("src") != last
+    # where the slider stopped, the server's pictures follow with the chosen decoder
+    expect(page.locator("#viewer-caption")).to_contain_text("Step 17 of 20")
+    page.locator("#viewer-player").scroll_into_view_if_needed()
+    page.screenshot(path=artifacts / "viewer-scrub-player.png", full_page=True)
+    page.locator("#viewer-player .studio-player-play").click()  # plays 18, 19, 20 and stops
+    expect(player.locator(".studio-player-play")).to_have_text("Play", timeout=GENERATION_SECONDS * 1000)
+    expect(player).to_have_attribute("data-step", "20")
+    expect(x0).to_have_attribute("src", last)
+    expect(page.locator("#viewer-step input[type=number]")).to_have_value("20")
+    expect(page.locator("#viewer-caption")).to_contain_text("Step 20 of 20")

@@ -1,4 +1,5 @@
 """The viewer tab's event functions: what a person reads and sees, and pictures served whole."""
+import json
 import os
 from pathlib import Path
 
@@ -33,8 +34,12 @@ def test_a_picture_shown_again_is_served_from_the_same_file_not_rewritten():
 
 def test_the_header_and_the_slider_count_the_steps_that_ran(bundled_manager, img2img_run):
     runs = SessionHistory().add_run(img2img_run, ())
-    slider, noisy, clean, caption, chart, strip = viewer_tab.load_run(bundled_manager, runs, None, "fast")
+    slider, noisy, clean, caption, chart, strip, frames = viewer_tab.load_run(bundled_manager, runs, None, "fast")
     assert slider["maximum"] == slider["value"] == 6 and len(strip) == 6
+    # the browser's scrub gets every step that ran, captioned as the header is
+    steps = json.loads(frames)["steps"]
+    assert len(steps) == 6 and steps[0]["caption"].startswith("Step 1 of the 6 that ran (15 of 20 scheduled")
+    assert all(s["x0"].startswith("data:image/png;base64,") and s["xt"] != s["x0"] for s in steps)
     assert caption.startswith("**Step 6 of the 6 that ran** (20 of 20 scheduled; strength skipped the first 14)")
     _, _, first, _ = viewer_tab.show_step(bundled_manager, runs, None, 1, "fast")
     assert first.startswith("**Step 1 of the 6 that ran** (15 of 20 scheduled")
@@ -48,7 +53,7 @@ def test_a_full_run_says_step_k_of_n(bundled_manager):
 
 def test_another_decoder_redecodes_the_filmstrip_too(bundled_manager, img2img_run):
     runs = SessionHistory().add_run(img2img_run, ())
-    *_, fast_strip = viewer_tab.load_run(bundled_manager, runs, None, "fast")
+    *_, fast_strip, _ = viewer_tab.load_run(bundled_manager, runs, None, "fast")
     noisy, clean, caption, chart, full_strip = viewer_tab.redecode(bundled_manager, runs, None, 3, "full")
     assert "Step 3 of the 6" in caption  # the slider stays where it was
     assert full_strip[2][0] == clean  # the strip shows what the viewer shows

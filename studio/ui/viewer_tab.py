@@ -20,7 +20,7 @@ import gradio as gr
 from studio import export, runs
 from studio.errors import StudioError
 from studio.history import SessionHistory
-from studio.ui import attention_view, cache, common, form, understand, uploads
+from studio.ui import attention_view, cache, common, form, player, understand, uploads
 
 
 
@@ -48,20 +48,6 @@ def pick(history: SessionHistory, choice) -> object:
     if not 0 <= index < len(runs):
         raise gr.Error(f"run={choice!r} is not allowed: {allowed}.")
     return runs[index]
-
-
-def step_caption(trajectory, number: int) -> str:
-    """"Step 12 of 12"; for a run that ran fewer steps than it scheduled (img2img, Stop), which of
-    the ones that ran, and where that is in the schedule, so the header and the slider agree."""
-    entry, ran, total = trajectory.steps[number - 1], len(trajectory.steps), trajectory.num_inference_steps
-    head = f"**Step {number} of {total}**"
-    if ran != total:
-        skipped = f"; strength skipped the first {trajectory.start_step}" if trajectory.start_step else ""
-        head = (f"**Step {number} of the {ran} that ran** ({trajectory.start_step + number} of {total} "
-                f"scheduled{skipped})")
-    noise_share = (entry.sigma ** 2 / (1 + entry.sigma ** 2)) ** 0.5
-    return (f"{head} · timestep t = {entry.timestep:.0f} · σ = {entry.sigma:.3f} · "
-            f"noise share √(1−ᾱ) = {noise_share:.2f}")
 
 
 # Decoded pictures by (trajectory, step, latents or x0, decoder): a scrub back and forth decodes
@@ -99,7 +85,7 @@ def show_step(manager, history, choice, step, decoder):
     clean = step_picture(manager, trajectory, number - 1, "x0", decoder)  # x0 first: it is what people look at
     noisy = step_picture(manager, trajectory, number - 1, "latents", decoder)
     chart = cache.picture_file(export.schedule_chart(trajectory, number - 1))
-    return noisy, clean, step_caption(trajectory, number), chart
+    return noisy, clean, export.step_caption(trajectory, number), chart
 
 
 def filmstrip(manager, trajectory, decoder: str) -> list[tuple[str, str]]:
@@ -109,10 +95,11 @@ def filmstrip(manager, trajectory, decoder: str) -> list[tuple[str, str]]:
 
 
 def load_run(manager, history, choice, decoder):
-    trajectory = pick(history, choice).trajectory
-    count = len(trajectory.steps)
+    """The run's last step, its filmstrip, and every step's frames for the browser's scrub."""
+    result = pick(history, choice)
+    count = len(result.trajectory.steps)
     return (gr.update(maximum=count, value=count), *show_step(manager, history, choice, count, decoder),
-            filmstrip(manager, trajectory, decoder))
+            filmstrip(manager, result.trajectory, decoder), player.frames(manager, result))
 
 
 def redecode(manager, history, choice, step, decoder):
@@ -191,12 +178,15 @@ def layout(manager) -> dict:
                       open=False):
         ui["saved"] = gr.File(label="Saved run files", file_count="multiple", type="filepath",
                               file_types=[".json", ".safetensors", ".png"], elem_id="viewer-saved-run")
-    ui["step"] = gr.Slider(1, 20, value=20, step=1, label="Step", elem_id="viewer-step")
+    ui["step"] = gr.Slider(1, 20, value=20, step=1, label="Step", elem_id="viewer-step",
+                           info="drag, or ← →: the frames below switch in your browser; the pictures under them "
+                                "follow with the chosen decoder where you stop")
+    ui["player"] = player.component()
     ui["caption"] = gr.Markdown(elem_id="viewer-caption")
     picture = dict(interactive=False, format="png", height=256, elem_classes="studio-picture")
     with gr.Row():
-        ui["noisy"] = gr.Image(label="x_t (noisy)", elem_id="viewer-xt", **picture)
-        ui["clean"] = gr.Image(label="predicted x0", elem_id="viewer-x0", **picture)
+        ui["noisy"] = gr.Image(label="x_t (noisy), by the decoder above", elem_id="viewer-xt", **picture)
+        ui["clean"] = gr.Image(label="predicted x0, by the decoder above", elem_id="viewer-x0", **picture)
         ui["chart"] = gr.Image(label="Noise schedule σ (log scale)", interactive=False, format="png",
                                elem_id="viewer-chart")
     ui["strip"] = gr.Gallery(label="Filmstrip: predicted x0 at every step", columns=10, height="auto",
@@ -212,7 +202,7 @@ def layout(manager) -> dict:
 
 
 def shown_of(ui: dict) -> list:
-    return [ui[name] for name in ("step", "noisy", "clean", "caption", "chart", "strip")]
+    return [ui[name] for name in ("step", "noisy", "clean", "caption", "chart", "strip", "player")]
 
 
 def wire(manager, ui: dict, history: gr.State, root: Path) -> None:
