@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --out: WORD's attention map (grayscale at the picture's size, brightest where it is "
                         "highest) at --step, or over all steps without it; the run must have recorded attention")
     config.add_model_arguments(i, {**config.defaults(), "model": None})
+    r = commands.add_parser("replay", help="write a saved run as one self-contained HTML page to share")
+    r.add_argument("run", type=Path, help="the folder --trajectory wrote (run.json and run.safetensors)")
+    r.add_argument("--out", required=True, type=Path, help="the HTML file to write")
+    r.add_argument("--decoder", choices=[p for p in config.PREVIEWS if p != "none"], default="full")
+    config.add_model_arguments(r, {**config.defaults(), "model": None})
     b = commands.add_parser("branch", help="carry on a saved run from one of its steps, with changes")
     b.add_argument("run", type=Path, help="the folder --trajectory wrote (run.json and run.safetensors)")
     b.add_argument("--at-step", type=int, required=True, help="the parent's steps to keep (0 to its steps - 1)")
@@ -215,7 +220,17 @@ def branch(args: argparse.Namespace) -> None:
           f"in {result.timings['total']:.2f} s")
 
 
-COMMANDS = {"generate": generate, "inspect": inspect, "branch": branch}
+def replay(args: argparse.Namespace) -> None:
+    """Write the saved run's replay page: its frames decoded by the run's own model."""
+    from studio import replay as replay_page, runs
+
+    result = runs.load(args.run)
+    path = replay_page.write(run_manager(args, result), result, args.out, args.decoder)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, {len(result.trajectory.steps)} steps; "
+          "open it in any browser, offline)")
+
+
+COMMANDS = {"generate": generate, "inspect": inspect, "branch": branch, "replay": replay}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,6 +159,13 @@ def test_the_api_records_attention_on_request_and_the_viewer_shows_a_words_map(c
     assert lit is None and "did not record attention" in note
 
 
+def test_the_viewer_replay_endpoint_hands_back_one_self_contained_page(client):
+    client.predict(**{**TXT2IMG, "num_inference_steps": 5}, api_name="/txt2img")
+    page = Path(client.predict(None, "fast", api_name="/viewer_replay")).read_text()
+    assert page.startswith("<!doctype html>") and "studioPlayer(" in page and "Steps: 5" in page
+    assert not re.search(r'(src|href)="(?!data:)', page)
+
+
 def test_the_regenerate_branch_endpoint_makes_a_branchs_png_again_and_refuses_other_pngs(client, bundled_manager,
                                                                                          tmp_path):
     from gradio_client.exceptions import AppError

@@ -636,3 +636,41 @@ def test_the_slider_and_arrow_keys_switch_frames_in_the_browser_and_play_animate
     expect(x0).to_have_attribute("src", last)
     expect(page.locator("#viewer-step input[type=number]")).to_have_value("20")
     expect(page.locator("#viewer-caption")).to_contain_text("Step 20 of 20")
+
+
+def test_the_exported_replay_page_plays_from_a_file_with_the_network_blocked(page, browser, artifacts, tmp_path):
+    page.check("#txt2img-record-attention input")
+    generate_in_txt2img(page, "a large green circle on a white background", steps=20, seed=9)
+    open_in_viewer(page, 20)
+    page.click("#viewer-replay")
+    link = page.locator("#viewer-replay-file a").first
+    expect(link).to_be_visible(timeout=GENERATION_SECONDS * 1000)
+    with page.expect_download() as download:
+        link.click()
+    saved = tmp_path / "replay.html"
+    download.value.save_as(saved)
+
+    offline = browser.new_context(viewport=VIEWPORT, offline=True)
+    fetched = []
+    offline.route(re.compile(r"^(?!file:|data:)"), lambda route: (fetched.append(route.request.url), route.abort()))
+    replay_page = offline.new_page()
+    errors = []
+    replay_page.on("pageerror", lambda error: errors.append(str(error)))
+    replay_page.goto(saved.as_uri())
+    player = replay_page.locator("#player")
+    expect(player).to_have_attribute("data-step", "20")
+    x0 = player.locator("figure").nth(1).locator("img")
+    last = x0.get_attribute("src")
+    replay_page.locator(".studio-player-slider").fill("5")
+    expect(player).to_have_attribute("data-step", "5")
+    expect(player.locator(".studio-player-caption")).to_contain_text("Step 5 of 20")
+    assert x0.get_attribute("src") != last
+    replay_page.locator(".studio-player-slider").focus()
+    replay_page.keyboard.press("ArrowRight")
+    expect(player).to_have_attribute("data-step", "6")
+    replay_page.locator(".studio-player-word").select_option("circle")
+    replay_page.screenshot(path=artifacts / "replay-page.png", full_page=True)
+    replay_page.locator(".studio-player-play").click()
+    expect(player).to_have_attribute("data-step", "20", timeout=GENERATION_SECONDS * 1000)
+    assert fetched == [] and errors == []
+    offline.close()

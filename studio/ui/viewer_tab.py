@@ -17,7 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio import export, runs
+from studio import export, replay, runs
 from studio.errors import StudioError
 from studio.history import SessionHistory
 from studio.ui import attention_view, cache, common, form, player, understand, uploads
@@ -122,6 +122,19 @@ def export_run(manager, history, choice, decoder, root: Path):
     return cache.served(gif), cache.served(sheet)
 
 
+def export_replay(manager, history, choice, decoder, root: Path):
+    """The run's replay page (studio.replay), written under `root` like the other exports."""
+    result = pick(history, choice)
+    exports = Path(root) / "viewer-exports"
+    exports.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{datetime.now():%Y-%m-%d-%H%M%S}-", dir=exports))
+    try:
+        path = replay.write(manager, result, folder / "replay.html", decoder)
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    return cache.served(path)
+
+
 def open_saved(manager, history: SessionHistory, files, root: Path) -> SessionHistory:
     """A run saved by `--trajectory DIR` (its run.json and run.safetensors, and its pictures if
     given), added to the session's history as a run of its own, so the viewer shows it."""
@@ -196,6 +209,9 @@ def layout(manager) -> dict:
             ui["export"] = gr.Button("Export GIF and contact sheet", elem_id="viewer-export")
             ui["gif"] = gr.File(label="Animated GIF", elem_id="viewer-gif", interactive=False)
             ui["sheet"] = gr.File(label="Contact sheet", elem_id="viewer-sheet", interactive=False)
+            ui["replay"] = gr.Button("Export replay page", elem_id="viewer-replay")
+            ui["replay_file"] = gr.File(label="Replay page: one HTML file, works offline", elem_id="viewer-replay-file",
+                                        interactive=False)
         ui["gif_view"] = gr.Image(label="The run as an animation: x_t | predicted x0", interactive=False,
                                   type="filepath", elem_id="viewer-gif-view", scale=2)
     return ui
@@ -231,6 +247,8 @@ def wire(manager, ui: dict, history: gr.State, root: Path) -> None:
     ui["export"].click(functools.partial(export_run, manager, root=root), inputs=picked,
                        outputs=[ui["gif"], ui["sheet"]], api_name="viewer_export", **gpu).success(
         show_animation, inputs=ui["gif"], outputs=ui["gif_view"], api_visibility="private", queue=False)
+    ui["replay"].click(functools.partial(export_replay, manager, root=root), inputs=picked,
+                       outputs=ui["replay_file"], api_name="viewer_replay", **gpu)
     return loaded  # the events that open a run in the viewer
 
 
