@@ -35,3 +35,87 @@ def attention_cost(manager, plan: p.Plan) -> list[Figure]:
             figures.append(Figure("11", f"attention kept per step, {model}, {count} tokens (computed)", "KiB",
                                   Stats.of([count * latent * latent * 2 / 1024])))
     return figures
+
+
+# ----- 12: scrub at screen speed ---------------------------------------------------------------
+# In the page: move the viewer's slider to step k, then wait for the next paint (a task queued from
+# the next animation frame runs after that frame is painted). Inputs come at random moments of
+# the 60 Hz frame, as a hand's do.
+IN_BROWSER = """async (count) => {
+  const range = document.querySelector('#viewer-step input[type=range]');
+  const img = document.querySelectorAll('#viewer-player figure img')[1];
+  const max = Number(range.max), out = [];
+  for (let i = 0; i < count; i++) {
+    await new Promise((r) => setTimeout(r, Math.random() * 16));
+    const k = 1 + ((i * 17 + 3) % max);
+    if (String(k) === range.value) continue;
+    const before = img.src, t0 = performance.now();
+    range.value = k;
+    range.dispatchEvent(new Event('input', {bubbles: true}));
+    await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)));
+    if (img.src === before) throw new Error('the frame did not change for step ' + k);
+    out.push(performance.now() - t0);
+  }
+  return out;
+}"""
+# Today's way, still what the pictures under the player do: the slider's change goes to the
+# server, which decodes the step; done when the new x0 picture has loaded and is painted.
+ROUND_TRIP = """async (count) => {
+  const range = document.querySelector('#viewer-step input[type=range]');
+  const x0 = () => document.querySelector('#viewer-x0 img');
+  const max = Number(range.max), out = [];
+  for (let i = 0; i < count; i++) {
+    const k = 1 + ((i * 7 + 2) % max);
+    if (String(k) === range.value) continue;
+    const before = x0() && x0().src, t0 = performance.now();
+    range.value = k;
+    range.dispatchEvent(new Event('input', {bubbles: true}));
+    range.dispatchEvent(new Event('change', {bubbles: true}));
+    for (;;) {
+      await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)));
+      const img = x0();
+      if (img && img.src !== before && img.complete && img.naturalWidth) break;
+      if (performance.now() - t0 > 60000) throw new Error('no picture for step ' + k);
+    }
+    out.push(performance.now() - t0);
+  }
+  return out;
+}"""
+SCRUB_STEPS = 50
+
+
+def scrub_latency(manager, plan: p.Plan) -> list[Figure]:
+    """Section 12: the time from a slider input to the new frame painted, in Chromium, for a
+    50-step run in the viewer, against the server round trip the slider made before."""
+    from playwright.sync_api import sync_playwright
+
+    from benchmarks import serving
+    from benchmarks.browser import CHROMIUM, CHROMIUM_ARGS
+
+    with serving.scratch_folder() as scratch, serving.running_app(manager, scratch) as url, \
+            sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url)
+            page.fill("#txt2img-prompt textarea", p.PROMPT)
+            steps = page.locator("#txt2img-steps input[type=number]")
+            steps.fill(str(SCRUB_STEPS))
+            steps.press("Enter")
+            page.click("#txt2img-generate")
+            page.locator("#txt2img-info").filter(has_text="Seed").wait_for(timeout=180_000)
+            page.click("#tab-viewer-button")
+            page.click("#viewer-load")
+            page.locator("#viewer-caption").filter(has_text=f"Step {SCRUB_STEPS} of {SCRUB_STEPS}").wait_for(
+                timeout=180_000)
+            page.locator("#viewer-player .studio-player").wait_for()
+            in_browser = page.evaluate(IN_BROWSER, 10 * plan.repeats)
+            round_trip = page.evaluate(ROUND_TRIP, 3 * plan.repeats)
+        finally:
+            browser.close()
+    fast, slow = Stats.of(in_browser), Stats.of(round_trip)
+    return [Figure("12", f"scrub: slider input to frame painted, in the browser ({SCRUB_STEPS} steps)", "ms", fast,
+                   at_most=p.GOAL_SCRUB_MS, note=f"{len(in_browser)} moves, Chromium headless, frames preloaded"),
+            Figure("12", "before: slider change to the server-decoded x0 painted", "ms", slow,
+                   note=f"{len(round_trip)} moves, fast decoder, app on 127.0.0.1"),
+            Figure("12", "round trip / in the browser", "x", Stats.of([slow.median / fast.median]))]

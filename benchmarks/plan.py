@@ -21,6 +21,7 @@ GOAL_COMPUTE_FLOOR = 1.10
 GOAL_ROUND_TRIP = 1.25
 GOAL_MEMORY = 1.10
 GOAL_KEPT_STATE = 1.03        # keeping every step's resumable state and CFG halves, as a ratio
+GOAL_SCRUB_MS = 16            # the viewer's slider: input to the new frame painted, in Chromium
 GOAL_ONE_IMAGE_SECONDS = 0.5   # the headline: one 20-step image on the bundled model, on a CPU
 
 

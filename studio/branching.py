@@ -30,6 +30,7 @@ PARENT_KEYS = {"prompt": "Parent prompt", "negative_prompt": "Parent negative pr
                "guidance_scale": "Parent CFG scale", "scheduler": "Parent sampler", "seed": "Parent seed"}
 AT_STEP = "Branch at step"
 IMG2IMG_KEY = FIELD["strength"].infotext  # only an img2img run's PNG has it
+NOT_A_BRANCH = f"This picture is not a branch: its parameters have no {AT_STEP!r}."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +141,7 @@ def regenerate(manager, values: dict[str, str], parent_run: str = ""):
     the parent's number in a history. Returns (the parent run, the branch)."""
     lineage = lineage_from(values)
     if lineage is None:
-        raise StudioError(f"This picture is not a branch: its parameters have no {AT_STEP!r}.")
+        raise StudioError(NOT_A_BRANCH)
     if IMG2IMG_KEY in values:
         raise StudioError("A branch of an img2img run cannot be made again from its PNG: the PNG does not "
                           "hold the run's starting picture. Branch its run folder with `python -m studio branch`.")

@@ -22,7 +22,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from studio import attention as studio_attention
-from studio import devices, forward, images, models, noise, prompts, schedulers, streams
+from studio import devices, forward, images, models, noise, prompts, runcard, schedulers, streams
 from studio.config import Settings
 from studio.errors import GenerationCancelled, StudioError
 from studio.previews import PreviewDecoder
@@ -255,8 +255,8 @@ class PipelineManager:
             images=DiffusionPipeline.numpy_to_pil(pixels), seeds=seeds, request=request,
             model=model.source.name, model_hash=model.hash, device=self.device,
             dtype=devices.dtype_name(self.dtype), warnings=warnings, trajectory=recorder.trajectory,
-            scheduler_name=schedulers.name_of(pipe.scheduler),
-            lineage=start.lineage if start is not None else None,
+            scheduler_name=schedulers.name_of(pipe.scheduler), lineage=start.lineage if start is not None else None,
+            card=runcard.of(pipe, self.device, devices.dtype_name(self.dtype)),
             timings={"total": finished - started, "denoise_and_decode": finished - denoise_started,
                      "steps": ran, "seconds_per_step": (finished - denoise_started) / max(ran, 1)})
 

@@ -64,6 +64,7 @@ def format_parameters(result, seed: int) -> str:
     fields |= extra_fields(r)
     if getattr(result, "lineage", None) is not None:  # a branch: where it left its parent (studio.branching)
         fields |= result.lineage.infotext()
+    fields |= getattr(result, "card", None) or {}  # what the pixels depend on besides these (studio.runcard)
     fields["Version"] = f"diffusion-studio {__version__}"
     lines = [r.prompt]
     if r.negative_prompt:

@@ -40,6 +40,7 @@ class GenerationResult:
     trajectory: object | None = None  # studio.trajectory.Trajectory
     scheduler_name: str = ""          # the scheduler that ran, by its user-facing name
     lineage: object | None = None     # a branch: its parent and step (studio.branching.Lineage)
+    card: dict = dataclasses.field(default_factory=dict)  # the run card (studio.runcard): versions, device, ...
 
 
 def whole_number(name: str, value, low: int, high: int) -> None:

@@ -83,7 +83,7 @@ def describe(result: GenerationResult, pictures: list[str]) -> dict:
             "lineage": lineage,
             "seeds": result.seeds, "model": result.model, "model_hash": result.model_hash,
             "scheduler_name": result.scheduler_name, "device": result.device, "dtype": result.dtype,
-            "timings": result.timings, "warnings": result.warnings, "pictures": pictures,
+            "timings": result.timings, "warnings": result.warnings, "pictures": pictures, "card": result.card,
             "trajectory": {"num_inference_steps": t.num_inference_steps, "start_step": t.start_step,
                            "schedule": t.schedule, "tokens": t.tokens,
                            "steps": [{"timestep": s.timestep, "sigma": s.sigma} for s in t.steps]},
@@ -129,7 +129,7 @@ def from_saved(data: dict, tensors: dict, folder: Path) -> GenerationResult:
         model_hash=str(data.get("model_hash", "")), device=str(data.get("device", "")),
         dtype=str(data.get("dtype", "")), timings=dict(data.get("timings") or {}),
         warnings=[str(w) for w in data.get("warnings") or []], trajectory=trajectory,
-        scheduler_name=str(data.get("scheduler_name", "")),
+        scheduler_name=str(data.get("scheduler_name", "")), card={str(k): str(v) for k, v in (data.get("card") or {}).items()},
         lineage=None if lineage is None else Lineage(int(lineage["at_step"]), dict(lineage["parent"]),
                                                      str(lineage.get("parent_run", ""))))
 

@@ -166,6 +166,23 @@ def test_the_viewer_replay_endpoint_hands_back_one_self_contained_page(client):
     assert not re.search(r'(src|href)="(?!data:)', page)
 
 
+def test_the_reproduce_endpoint_makes_a_png_again_and_compares_its_pixels(client, bundled_manager, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    from studio.outputs import OutputWriter
+    from studio.requests import GenerationRequest
+
+    made = bundled_manager.generate(GenerationRequest(prompt="a large white circle", num_inference_steps=6, seed=3))
+    [png] = OutputWriter(tmp_path).write(made)
+    picture, info = client.predict(handle_file(png), api_name="/reproduce")
+    assert "Identical: every pixel is the dropped picture's." in info.replace("**", "")
+    assert np.array_equal(np.asarray(Image.open(picture).convert("RGB")), np.asarray(made.images[0].convert("RGB")))
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (64, 64), "red").save(plain)
+    with pytest.raises(AppError, match="drop a PNG with its parameters first"):
+        client.predict(handle_file(str(plain)), api_name="/reproduce")
+
+
 def test_the_regenerate_branch_endpoint_makes_a_branchs_png_again_and_refuses_other_pngs(client, bundled_manager,
                                                                                          tmp_path):
     from gradio_client.exceptions import AppError
@@ -180,5 +197,5 @@ def test_the_regenerate_branch_endpoint_makes_a_branchs_png_again_and_refuses_ot
     with pytest.raises(AppError, match="This picture is not a branch: its parameters have no 'Branch at step'"):
         client.predict(handle_file(plain), api_name="/regenerate_branch")
     picture, info = client.predict(handle_file(png), api_name="/regenerate_branch")
-    assert "branched it after step 3" in info and "It is the dropped picture, pixel for pixel." in info
+    assert "branched it after step 3" in info and "Identical: every pixel is the dropped picture's." in info.replace("**", "")
     assert (np.asarray(Image.open(picture).convert("RGB")) == np.asarray(Image.open(png).convert("RGB"))).all()

@@ -16,13 +16,11 @@ import pytest
 from PIL import Image, PngImagePlugin
 from playwright.sync_api import Page, expect, sync_playwright
 
+from benchmarks.browser import CHROMIUM, CHROMIUM_ARGS
 from studio import branching, metadata
 from studio.outputs import OutputWriter
 from studio.requests import GenerationRequest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 VIEWPORT = {"width": 1280, "height": 1000}
 PAGE_READY_SECONDS = 20
 # A ceiling for waits on the page's own state (the seed line, the picture), never a measure of
@@ -270,13 +268,31 @@ def test_a_branchs_png_dropped_on_png_info_is_made_again_pixel_for_pixel(page, b
     drop_file(page, "#pnginfo-image button[aria-label*=Drop]", Path(png))
     expect(page.locator("#pnginfo-fields")).to_contain_text("Parent prompt")
     page.click("#pnginfo-regenerate")
-    expect(page.locator("#pnginfo-regenerated-info")).to_contain_text("It is the dropped picture, pixel for pixel.")
+    expect(page.locator("#pnginfo-regenerated-info")).to_contain_text("Identical: every pixel is the dropped picture's.")
     expect(page.locator("#pnginfo-regenerated-info")).to_contain_text("Ran the parent (#1) and branched it after step 4 (#2)")
     expect_loaded_image(page, "#pnginfo-regenerated")
     assert (picture_pixels(page, "#pnginfo-regenerated") == np.asarray(made.images[0].convert("RGB"))).all()
     page.screenshot(path=artifacts / "pnginfo-branch-made-again.png", full_page=True)
     page.click("#tab-viewer-button")
     expect(page.locator("#viewer-run input")).to_have_value(re.compile(r"#2 .*branch of #1 after step 4"))
+
+
+def test_reproduce_makes_a_png_again_and_says_it_is_identical(page, bundled_manager, artifacts, tmp_path):
+    made = bundled_manager.generate(GenerationRequest(
+        prompt="a small purple triangle at the bottom left on an orange background", num_inference_steps=12,
+        scheduler="UniPC", seed=77))
+    [png] = OutputWriter(tmp_path).write(made)
+    page.click("#tab-pnginfo-button")
+    drop_file(page, "#pnginfo-image button[aria-label*=Drop]", Path(png))
+    expect(page.locator("#pnginfo-fields")).to_contain_text("RNG")  # the run card, in the parameters
+    page.click("#pnginfo-reproduce")
+    info = page.locator("#pnginfo-reproduced-info")
+    expect(info).to_contain_text("Identical: every pixel is the dropped picture's.", timeout=GENERATION_SECONDS * 1000)
+    expect(info).to_contain_text("Made again here as #1")
+    expect_loaded_image(page, "#pnginfo-reproduced")
+    assert (picture_pixels(page, "#pnginfo-reproduced") == np.asarray(made.images[0].convert("RGB"))).all()
+    page.locator("#pnginfo-reproduce-box").scroll_into_view_if_needed()
+    page.screenshot(path=artifacts / "pnginfo-reproduce.png", full_page=True)
 
 
 def drag_slider_to(page: Page, elem_id: str, fraction: float) -> int:

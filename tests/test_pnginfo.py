@@ -188,10 +188,17 @@ def test_the_size_sliders_follow_the_loaded_model():
         panel = form.parameter_panel("t", 64, prompt="a cat")
     assert (panel.width.maximum, panel.height.maximum, panel.width.step) == (256, 256, 8)
     assert panel.width.info == panel.height.info == "up to 4x the 64px it learned; larger repeats the subject"
-    sd = types.SimpleNamespace(info=types.SimpleNamespace(native_size=512), settings=types.SimpleNamespace(size_factor=4.0))
-    width, height = settings_panel.fit_sizes(sd, [panel])
+    sd = types.SimpleNamespace(info=types.SimpleNamespace(native_size=512, family="sd1"),
+                               settings=types.SimpleNamespace(size_factor=4.0))
+    width, height, attention = settings_panel.fit_sizes(sd, [panel])
     assert (width["maximum"], width["value"], height["maximum"]) == (2048, 512, 2048)
     assert panel.width.maximum == 2048  # what Gradio checks API callers' values against
+    assert attention["interactive"] is True
+    # a model with no text: nothing to record attention to, and the box says so
+    ddpm = types.SimpleNamespace(info=types.SimpleNamespace(native_size=32, family="unconditional"),
+                                 settings=types.SimpleNamespace(size_factor=4.0))
+    *_, attention = settings_panel.fit_sizes(ddpm, [panel])
+    assert attention["interactive"] is False and attention["value"] is False and "unconditional" in attention["info"]
 
 
 def test_a_png_without_parameters_cannot_go_to_txt2img_but_its_picture_can_go_to_img2img(tmp_path, warnings):

@@ -107,7 +107,7 @@ def test_the_viewer_opens_a_saved_run_through_the_api(app_server, saved):
     client = Client(app_server[0], verbose=False)
     names = [runs.DESCRIPTION, runs.TENSORS, "picture-0.png"]
     client.predict(files=[handle_file(str(saved[1] / n)) for n in names], api_name="/viewer_open_run")
-    slider, noisy, clean, caption, chart, strip = client.predict(None, "full", api_name="/viewer_load")
+    slider, noisy, clean, caption, chart, strip, _frames = client.predict(None, "full", api_name="/viewer_load")
     assert "Step 6 of 6" in caption and len(strip) == 6
     with pytest.raises(Exception, match="upload the run.json and run.safetensors"):
         client.predict(files=[handle_file(str(saved[1] / "picture-0.png"))], api_name="/viewer_open_run")

@@ -356,7 +356,7 @@ def picture(path) -> np.ndarray:
 
 
 def test_the_viewer_api_loads_the_session_s_last_run_at_its_last_step(viewer_client):
-    slider, noisy, clean, caption, chart, strip = viewer_client.predict(None, "fast", api_name="/viewer_load")
+    slider, noisy, clean, caption, chart, strip, _frames = viewer_client.predict(None, "fast", api_name="/viewer_load")
     assert slider["maximum"] == slider["value"] == 8 and "Step 8 of 8" in caption and "σ" in caption
     assert len(strip) == 8 and [item["caption"].split(":")[0] for item in strip] == [str(i) for i in range(1, 9)]
     assert Image.open(noisy).size == Image.open(clean).size == (64, 64)

@@ -4,8 +4,9 @@ It reads the AUTOMATIC1111 "parameters" text of our PNGs and of A1111's; studio.
 it and maps it to GenerationRequest arguments, so this module only shows fields and fills the
 generation tabs. A value the studio cannot use (an unknown sampler, steps out of range) is a
 warning naming the field and the value, and that control keeps what it had. `fill` also serves
-the History tab's "Send to img2img". A branch's PNG (studio.branching) can be made again: its
-parent runs from the recorded values, is branched, and both go into History.
+the History tab's "Send to img2img". Reproduce makes a PNG's picture again here and compares
+the pixels (studio.runcard says what differs); a branch's parent runs first, is branched, and
+both go into History.
 """
 from __future__ import annotations
 
@@ -13,16 +14,16 @@ import asyncio
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from studio import branching, metadata
+from studio import branching, metadata, runcard
 from studio.errors import StudioError
 from studio.fields import MAX_SIDE, PANEL
 from studio.ui import cache, common, uploads
 
 # The parameter panel's controls that a PNG fills, by their GenerationRequest names.
-SENT_FIELDS = [name for name in PANEL if name != "preview"]  # a PNG's fields that the tabs have controls for
+# A PNG's fields that the tabs have controls for (how a run was watched is not in its PNG)
+SENT_FIELDS = [name for name in PANEL if name not in ("preview", "record_attention")]
 HEADERS = ["Field", "Value"]
 
 
@@ -93,41 +94,37 @@ def is_branch(path):
     return gr.Column(visible=text is not None and branching.AT_STEP in metadata.parse_parameters(text))
 
 
-def seed_index(result, seed: str | None) -> int:
-    """Which of a batch's pictures has the PNG's seed (the first if none)."""
-    return next((i for i, s in enumerate(result.seeds) if str(s) == seed), 0)
+def verdict(path, result, index: int, values: dict[str, str]) -> str:
+    """Whether the picture made again is the dropped one, and if not what differs (studio.runcard)."""
+    ours = metadata.parse_parameters(metadata.format_parameters(result, result.seeds[index]))
+    return runcard.compare(Image.open(path), result.images[index], values, ours)
 
 
-def same_pixels(path, made) -> str:
-    """Whether the dropped picture and the one made again are the same pixels."""
-    dropped = np.asarray(Image.open(path).convert("RGB"), dtype=int)
-    made = np.asarray(made.convert("RGB"), dtype=int)
-    if dropped.shape != made.shape:
-        return f"It is {made.shape[1]}x{made.shape[0]}, the dropped picture {dropped.shape[1]}x{dropped.shape[0]}."
-    worst = int(np.abs(dropped - made).max())
-    return ("It is the dropped picture, pixel for pixel." if worst == 0 else
-            f"It differs from the dropped picture by up to {worst}/255 (another model, device or version?).")
-
-
-def make_again(manager, writer):
+def reproduce_here(manager, writer, branches_only: bool = False):
+    """Reproduce (any PNG with parameters) and "Make this branch again" (`branches_only`)."""
     async def again(history, picture):
         text = parameters_of(picture) if picture is not None else None
         if text is None:
-            raise gr.Error("image: drop a branch's PNG first.")
+            raise gr.Error("image: drop a PNG with its parameters first (this studio's or AUTOMATIC1111's).")
         values = metadata.parse_parameters(text)
-        number = str(history.next_number)  # the parent's, once it is in History
+        if branches_only and branching.AT_STEP not in values:
+            raise gr.Error(branching.NOT_A_BRANCH)
+        number = str(history.next_number)  # a branch's parent's, once it is in History
         try:
-            parent, result = await asyncio.to_thread(branching.regenerate, manager, values, number)
+            result, index, parent = await asyncio.to_thread(runcard.reproduce, manager, values, number)
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
-        history = history.add_run(parent, await asyncio.to_thread(writer.write, parent))
-        k = result.lineage.at_step
-        paths = await asyncio.to_thread(writer.write, result)
-        history = history.add_branch(result, paths, number, k)
-        index = seed_index(result, values.get("Seed"))
-        info = (f"Ran the parent (#{number}) and branched it after step {k} (#{history.next_number - 1}); both are "
-                f"in History and the Denoising viewer. {same_pixels(picture, result.images[index])}  \n"
-                + common.describe_result(result))
+        if parent is not None:  # a branch: its parent ran first, and both go to History
+            history = history.add_run(parent, await asyncio.to_thread(writer.write, parent))
+            paths = await asyncio.to_thread(writer.write, result)
+            history = history.add_branch(result, paths, number, result.lineage.at_step)
+            made = (f"Ran the parent (#{number}) and branched it after step {result.lineage.at_step} "
+                    f"(#{history.next_number - 1}); both are in History and the Denoising viewer.")
+        else:
+            paths = await asyncio.to_thread(writer.write, result)
+            history = history.add_run(result, paths)
+            made = f"Made again here as #{history.next_number - 1} (in History and the Denoising viewer)."
+        info = f"{made} {verdict(picture, result, index, values)}  \n" + common.describe_result(result)
         return cache.served(paths[index]), info, history
 
     return again
@@ -143,6 +140,12 @@ def build(manager, writer, history: gr.State, txt2img: dict, img2img: dict, tabs
             with gr.Row():
                 to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo-to-txt2img")
                 to_img2img = gr.Button("Send to img2img", elem_id="pnginfo-to-img2img")
+            with gr.Accordion("Reproduce: make it again here and compare the pixels", open=True,
+                              elem_id="pnginfo-reproduce-box"):
+                reproduce = gr.Button("Reproduce", elem_id="pnginfo-reproduce")
+                reproduced = gr.Image(label="Made again here", interactive=False, format="png", height=256,
+                                      elem_id="pnginfo-reproduced", elem_classes="studio-picture")
+                reproduced_info = gr.Markdown(elem_id="pnginfo-reproduced-info")
             with gr.Column(visible=False, elem_id="pnginfo-branch-box") as branch_box:
                 gr.Markdown("This picture is a **branch** of another run. Sending it to txt2img starts afresh "
                             "from the branch's settings, which is another picture; this runs the parent "
@@ -169,8 +172,11 @@ def build(manager, writer, history: gr.State, txt2img: dict, img2img: dict, tabs
     # Queued (the default), not queue=False: only queued events show gr.Warning in the browser.
     image.change(read, inputs=image, outputs=[text, fields, notes], api_name="png_info")
     image.change(is_branch, inputs=image, outputs=branch_box, api_visibility="private")
-    make.click(make_again(manager, writer), inputs=[history, image], outputs=[made, made_info, history],
+    make.click(reproduce_here(manager, writer, branches_only=True), inputs=[history, image], outputs=[made, made_info, history],
                api_name="regenerate_branch", concurrency_id=common.GPU, concurrency_limit=1)
+    reproduce.click(reproduce_here(manager, writer), inputs=[history, image],
+                    outputs=[reproduced, reproduced_info, history], api_name="reproduce",
+                    concurrency_id=common.GPU, concurrency_limit=1)
     to_txt2img.click(send_txt2img, inputs=image, outputs=[*targets(txt2img, False), tabs],
                      api_visibility="private")
     to_img2img.click(send_img2img, inputs=image, outputs=[*targets(img2img, True), tabs],
