@@ -6,10 +6,11 @@
 // data: {decoder, steps: [{caption, xt, x0, attention: {word: map}}], words: [...], word}; every
 // picture is a data: URI; an attention map is a grayscale picture, drawn over x0 with
 // mix-blend-mode: multiply (dark: little attention, white: the word's most).
-// options.slider (default true): the player's own slider; without it a page drives the player
-// with show(step), and options.drive(step) is how Play moves the page's own slider.
+// options.onStop(step): called with the 1-based step a person stopped on (the slider let go, a
+// key, the end of Play), so a page can do the slow work for that step only. A page may also
+// move the player itself with show(step).
 function studioPlayer(root, data, options) {
-  const {slider: ownSlider = true, drive = null} = options || {};
+  const {onStop = null} = options || {};
   const steps = data.steps || [];
   const make = (tag, attrs, parent) => {
     const node = document.createElement(tag);
@@ -26,7 +27,7 @@ function studioPlayer(root, data, options) {
   const bar = make("div", {className: "studio-player-bar"}, root);
   const play = make("button", {type: "button", textContent: "Play", className: "studio-player-play"}, bar);
   const slider = make("input", {type: "range", min: 1, max: steps.length, step: 1, value: steps.length,
-                                className: "studio-player-slider", hidden: !ownSlider}, bar);
+                                className: "studio-player-slider"}, bar);
   slider.setAttribute("aria-label", "Step");
   const caption = make("span", {className: "studio-player-caption"}, bar);
   const words = data.words || [];
@@ -39,58 +40,83 @@ function studioPlayer(root, data, options) {
     picker.addEventListener("change", () => { word = picker.value; show(current); });
   }
   const row = make("div", {className: "studio-player-row"}, root);
+  const SIDE = 256;
   const figure = (label) => {
     const box = make("figure", {}, row);
-    const frame = make("div", {className: "studio-player-frame"}, box);
-    const img = make("img", {alt: label}, frame);
+    const canvas = make("canvas", {width: SIDE, height: SIDE, className: "studio-player-frame"}, box);
+    canvas.setAttribute("aria-label", label);
     make("figcaption", {textContent: label}, box);
-    return {box, frame, img};
+    const context = canvas.getContext("2d");
+    context.imageSmoothingQuality = "high";
+    return {canvas, context};
   };
   const xt = figure("x_t (noisy)");
   const x0 = figure("predicted x0");
   const lit = words.length ? figure("x0 under the word's attention") : null;
-  let overlay = null;
-  if (lit) overlay = make("img", {alt: "attention", className: "studio-player-map"}, lit.frame);
   make("p", {className: "studio-player-note", textContent: `Frames: ${data.decoder}. ← → step, Play animates.`}, root);
 
-  // Decoded ahead: swapping to an <img> that is already decoded paints in the next frame.
-  const warm = (src) => { const i = new Image(); i.src = src; if (i.decode) i.decode().catch(() => {}); return i; };
-  const cache = steps.map((s) => [warm(s.xt), warm(s.x0)]);
+  // Every frame decoded ahead into a bitmap: a switch is a drawImage onto a canvas, no image
+  // loading and no layout, so it paints in the next frame.
+  const bitmaps = new Map();
+  const bitmap = (src) => {
+    if (!src) return null;
+    if (!bitmaps.has(src)) {
+      const entry = {ready: null};
+      const image = new Image();
+      image.src = src;
+      image.decode().then(() => createImageBitmap(image)).then((b) => {
+        entry.ready = b;
+        if (entry.waiting) show(current);
+      }).catch(() => {});
+      bitmaps.set(src, entry);
+    }
+    return bitmaps.get(src);
+  };
+  steps.forEach((s) => { bitmap(s.xt); bitmap(s.x0); });
+  const draw = (target, src, mode) => {
+    const entry = bitmap(src);
+    if (!entry) return;
+    if (!entry.ready) { entry.waiting = true; return; }
+    target.context.globalCompositeOperation = mode || "source-over";
+    target.context.drawImage(entry.ready, 0, 0, SIDE, SIDE);
+  };
   let current = steps.length;
   function show(k) {
     current = Math.min(Math.max(1, Math.round(Number(k)) || 1), steps.length);
     const s = steps[current - 1];
-    xt.img.src = cache[current - 1][0].src;
-    x0.img.src = cache[current - 1][1].src;
+    draw(xt, s.xt);
+    draw(x0, s.x0);
     if (lit) {
-      lit.img.src = s.x0;
-      overlay.src = (s.attention || {})[word] || "";
-      overlay.style.visibility = overlay.src ? "visible" : "hidden";
+      draw(lit, s.x0);
+      draw(lit, (s.attention || {})[word], "multiply");
     }
     caption.textContent = s.caption;
     slider.value = current;
     root.dataset.step = current;
   }
-  const go = (k) => (drive ? drive(k) : show(k));  // the page's slider, when it owns the step
+  const stopped = () => onStop && onStop(current);
   let timer = null;
   const stop = () => {
     if (timer) clearInterval(timer);
     timer = null;
     play.textContent = "Play";
+    stopped();
   };
   play.addEventListener("click", () => {
     if (timer) return stop();
-    if (current >= steps.length) go(1);
+    if (current >= steps.length) show(1);
     play.textContent = "Pause";
-    timer = setInterval(() => (current >= steps.length ? stop() : go(current + 1)), 1000 / (data.fps || 8));
+    timer = setInterval(() => (current >= steps.length ? stop() : show(current + 1)), 1000 / (data.fps || 8));
   });
   slider.addEventListener("input", () => show(slider.value));
+  slider.addEventListener("change", stopped);  // let go (a key press is both at once)
   root.tabIndex = 0;
   root.addEventListener("keydown", (event) => {
     const by = {ArrowLeft: -1, ArrowDown: -1, ArrowRight: 1, ArrowUp: 1}[event.key];
     if (!by || event.target === slider || event.target.tagName === "SELECT") return;  // they step themselves
     event.preventDefault();
-    go(current + by);
+    show(current + by);
+    stopped();
   });
   show(data.step || steps.length);
   return {show, step: () => current};

@@ -627,31 +627,39 @@ def test_picking_a_word_shows_its_attention_over_x0_and_a_click_ranks_the_words(
     expect(note).to_contain_text("This run did not record attention")
 
 
+def canvas_picture(frame_or_page, index: int) -> str:
+    """The player's `index`th frame (0: x_t, 1: x0) as a PNG data: URI, from its canvas."""
+    return frame_or_page.locator(".studio-player canvas").nth(index).evaluate("c => c.toDataURL()")
+
+
 def test_the_slider_and_arrow_keys_switch_frames_in_the_browser_and_play_animates_the_run(page, artifacts):
     generate_in_txt2img(page, "a large blue triangle on a yellow background", steps=20, seed=8)
     open_in_viewer(page, 20)
-    player = page.locator("#viewer-player .studio-player")
-    x0 = player.locator("figure").nth(1).locator("img")
+    frame = page.frame_locator("#viewer-player iframe")  # the player's own document
+    player = frame.locator(".studio-player")
     expect(player).to_have_attribute("data-step", "20")
-    expect(x0).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))  # in the page, not fetched
-    last = x0.get_attribute("src")
-    slider = page.locator("#viewer-step input[type=range]")
+    last = canvas_picture(frame, 1)
+    slider = frame.locator(".studio-player-slider")
     slider.focus()
     for _ in range(3):
-        page.keyboard.press("ArrowLeft")
+        slider.press("ArrowLeft")
     expect(player).to_have_attribute("data-step", "17")
-    expect(player.locator(".studio-player-caption")).to_contain_text("Step 17 of 20")
-    assert x0.get_attribute("src") != last
-    # where the slider stopped, the server's pictures follow with the chosen decoder
-    expect(page.locator("#viewer-caption")).to_contain_text("Step 17 of 20")
+    expect(frame.locator(".studio-player-caption")).to_contain_text("Step 17 of 20")
+    assert canvas_picture(frame, 1) != last
+    # where the player stopped, the viewer's slider and the server's pictures follow
+    expect(page.locator("#viewer-step input[type=number]")).to_have_value("17")
+    expect(page.locator("#viewer-caption")).to_contain_text("Step 17 of 20", timeout=GENERATION_SECONDS * 1000)
     page.locator("#viewer-player").scroll_into_view_if_needed()
     page.screenshot(path=artifacts / "viewer-scrub-player.png", full_page=True)
-    page.locator("#viewer-player .studio-player-play").click()  # plays 18, 19, 20 and stops
-    expect(player.locator(".studio-player-play")).to_have_text("Play", timeout=GENERATION_SECONDS * 1000)
+    # and the viewer's slider moves the player
+    set_number(page, "viewer-step", 5)
+    expect(player).to_have_attribute("data-step", "5")
+    frame.locator(".studio-player-play").click()  # plays 6 to 20 and stops
+    expect(frame.locator(".studio-player-play")).to_have_text("Play", timeout=GENERATION_SECONDS * 1000)
     expect(player).to_have_attribute("data-step", "20")
-    expect(x0).to_have_attribute("src", last)
+    assert canvas_picture(frame, 1) == last
     expect(page.locator("#viewer-step input[type=number]")).to_have_value("20")
-    expect(page.locator("#viewer-caption")).to_contain_text("Step 20 of 20")
+    expect(page.locator("#viewer-caption")).to_contain_text("Step 20 of 20", timeout=GENERATION_SECONDS * 1000)
 
 
 def test_the_exported_replay_page_plays_from_a_file_with_the_network_blocked(page, browser, artifacts, tmp_path):
@@ -675,12 +683,11 @@ def test_the_exported_replay_page_plays_from_a_file_with_the_network_blocked(pag
     replay_page.goto(saved.as_uri())
     player = replay_page.locator("#player")
     expect(player).to_have_attribute("data-step", "20")
-    x0 = player.locator("figure").nth(1).locator("img")
-    last = x0.get_attribute("src")
+    last = canvas_picture(replay_page, 1)
     replay_page.locator(".studio-player-slider").fill("5")
     expect(player).to_have_attribute("data-step", "5")
     expect(player.locator(".studio-player-caption")).to_contain_text("Step 5 of 20")
-    assert x0.get_attribute("src") != last
+    assert canvas_picture(replay_page, 1) != last
     replay_page.locator(".studio-player-slider").focus()
     replay_page.keyboard.press("ArrowRight")
     expect(player).to_have_attribute("data-step", "6")

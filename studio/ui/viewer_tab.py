@@ -192,8 +192,8 @@ def layout(manager) -> dict:
         ui["saved"] = gr.File(label="Saved run files", file_count="multiple", type="filepath",
                               file_types=[".json", ".safetensors", ".png"], elem_id="viewer-saved-run")
     ui["step"] = gr.Slider(1, 20, value=20, step=1, label="Step", elem_id="viewer-step",
-                           info="drag, or ← →: the frames below switch in your browser; the pictures under them "
-                                "follow with the chosen decoder where you stop")
+                           info="the step the pictures and tools below show, by the chosen decoder; "
+                                "the player under it scrubs in your browser and sets this where you stop")
     ui["player"] = player.component()
     ui["caption"] = gr.Markdown(elem_id="viewer-caption")
     picture = dict(interactive=False, format="png", height=256, elem_classes="studio-picture")
