@@ -3,7 +3,8 @@
     python -m benchmarks.pictures [--out docs]
 
 branch.png (a run and its branch with a new prompt after step 6), lens.png (x0 at step 3 under
-several guidance scales, from the kept halves) and settling.png (how far x0 moved at each step).
+several guidance scales, from the kept halves), settling.png (how far x0 moved at each step) and
+attention.png (the picture and its words' attention over all steps).
 """
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ def captioned(pictures: list[tuple[Image.Image, str]]) -> Image.Image:
         sheet.paste(picture.convert("RGB").resize((CELL, CELL), Image.Resampling.NEAREST), (i * CELL, 0))
         draw.text((i * CELL + CELL // 2, CELL + 2), text, fill="black", font=font(11), anchor="ma")
     return sheet
+
+
+def attention_row(manager, path: Path) -> None:
+    from studio import attention
+    from studio.requests import GenerationRequest
+
+    run = manager.generate(GenerationRequest(prompt="a large red circle on a blue background", seed=5,
+                                             num_inference_steps=20, record_attention=True))
+    maps = attention.maps_at(run.trajectory, None)
+    row = [(run.images[0], "the picture")]
+    for word in ("large", "red", "circle", "blue", "background"):
+        heat = attention.heat(maps, attention.find_word(run.trajectory, word), (CELL, CELL), stretch=True)
+        row.append((attention.hot(heat), f'"{word}"'))
+    captioned(row).save(path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     moves = lens.changes(settle.trajectory)
     export.convergence_chart(moves, lens.SETTLED, lens.settled_at(moves)).save(args.out / "settling.png")
     print(lens.settled_sentence(settle.trajectory))
-    print(f"wrote {', '.join(str(args.out / n) for n in ('branch.png', 'lens.png', 'settling.png'))}")
+    attention_row(manager, args.out / "attention.png")
+    print(f"wrote {', '.join(str(args.out / n) for n in ('branch.png', 'lens.png', 'settling.png', 'attention.png'))}")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20)
     args = p.parse_args(argv)
     manager = PipelineManager(Settings(model=str(args.model)))
+    manager.load()
     at = {"all steps": None, "step 1": 0, "step 5": 4, "step 10": 9, f"step {args.steps}": args.steps - 1}
     ratios = measure(manager, args.prompts, args.steps, tuple(at.values()))
     for label, step in at.items():
