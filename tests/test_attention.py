@@ -53,7 +53,7 @@ def test_recording_attention_leaves_the_pixels_as_they_were(bundled_manager, sch
                for p in bundled_manager.loaded.runner.unet.attn_processors.values())
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sd2v", "sdxl"])
 def test_sd_and_sdxl_record_a_map_per_token_of_the_first_tokenizer(make_manager, tiny_dirs, family):
     manager = make_manager(tiny_dirs[family])
     request = GenerationRequest(prompt="a red circle", num_inference_steps=3, seed=1, preview="none")

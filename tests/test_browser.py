@@ -619,6 +619,10 @@ def test_picking_a_word_shows_its_attention_over_x0_and_a_click_ranks_the_words(
     expect(ranking.locator("li").first).to_have_text(re.compile(r"^red: \d+%$"))
     page.locator("#viewer-attention-box").scroll_into_view_if_needed()
     page.screenshot(path=artifacts / "viewer-attention.png", full_page=True)
+    # the player got the maps too: its third frame is x0 under the picked word's attention
+    player = page.frame_locator("#viewer-player iframe")
+    expect(player.locator(".studio-player-word option")).to_have_count(7)
+    expect(player.locator(".studio-player canvas")).to_have_count(3)
     # a run without recording says how to record
     page.click("#tab-txt2img-button")
     page.locator("#txt2img-record-attention input").uncheck()
