@@ -10,6 +10,7 @@ knows nothing of Gradio; `stream()` serves any UI that wants step-by-step progre
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import dataclasses
 import gc
 import random
@@ -192,6 +193,7 @@ class PipelineManager:
         # A resumed run (img2img too) only denoises: the text-to-image loop, from its latents
         pipe = model.img2img if request.is_img2img and start is None else model.runner
         pipe.scheduler = schedulers.make_scheduler(request.scheduler, model.scheduler_config, seeds)
+        chart = copy.deepcopy(pipe.scheduler)  # the schedule chart's: a copy (DPM++ SDE's is slow to make)
         if start is not None:
             pipe.scheduler, generators = start.prepare(pipe.scheduler, generators)
         request = dataclasses.replace(request, width=width, height=height, seed=base_seed)
@@ -225,8 +227,7 @@ class PipelineManager:
                                       should_stop=cancel.is_set, steps=start.steps if start is not None else (),
                                       generators=generators if self.keep_steps_state else None,
                                       attention=studio_attention.for_run(pipe, request, len(seeds), warnings))
-        recorder.trajectory.schedule = schedule_sigmas(
-            schedulers.make_scheduler(request.scheduler, model.scheduler_config), request.num_inference_steps)
+        recorder.trajectory.schedule = schedule_sigmas(chart, request.num_inference_steps)
         recorder.attach(pipe.scheduler, getattr(pipe, "unet", None) if self.keep_steps_state else None)
 
         # 5. Denoise and decode
