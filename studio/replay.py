@@ -25,20 +25,20 @@ PNG_UP_TO = 128    # frames up to this side are PNG (crisp); larger ones JPEG
 MAP_FLOOR = 0.2    # a word's map is drawn over x0 from 20% (no attention) to 100% (its most)
 
 
+def encoded(picture: Image.Image, kind: str) -> str:
+    buffer = io.BytesIO()
+    picture.save(buffer, format=kind.upper(), **({"optimize": True} if kind == "png" else {"quality": 88}))
+    return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
 def data_uri(picture: Image.Image) -> str:
+    """A frame: scaled down past MAX_SIDE, PNG up to PNG_UP_TO (and maps), JPEG above."""
     picture = picture.convert("RGB") if picture.mode not in ("RGB", "L") else picture
     scale = MAX_SIDE / max(picture.size)
     if scale < 1:
         picture = picture.resize((round(picture.width * scale), round(picture.height * scale)),
                                  Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    if max(picture.size) <= PNG_UP_TO or picture.mode == "L":
-        picture.save(buffer, format="PNG", optimize=True)
-        kind = "png"
-    else:
-        picture.save(buffer, format="JPEG", quality=88)
-        kind = "jpeg"
-    return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+    return encoded(picture, "png" if max(picture.size) <= PNG_UP_TO or picture.mode == "L" else "jpeg")
 
 
 def attention_maps(trajectory, index: int) -> dict[str, str]:
@@ -89,19 +89,13 @@ def page(manager, result, decoder: str = "full") -> str:
     title = f"{'img2img' if r.is_img2img else 'txt2img'}: {r.prompt or '(no prompt)'}"
     parameters = metadata.format_parameters(result, result.seeds[0])
     payload = json.dumps(data).replace("<", "\\u003c")  # no "</script>" can end the data early
-    chart_html = "".join(f'<figure><img alt="{html.escape(label)}" src="{data_uri_chart(chart)}">'
+    # charts keep their size (drawn at a readable one) and stay PNG
+    chart_html = "".join(f'<figure><img alt="{html.escape(label)}" src="{encoded(chart.convert("RGB"), "png")}">'
                          f"<figcaption>{html.escape(label)}</figcaption></figure>" for label, chart in charts)
     return TEMPLATE.format(
         title=html.escape(title), css=PLAYER_CSS.read_text(), js=PLAYER_JS.read_text(), data=payload,
         parameters=html.escape(parameters), charts=chart_html,
         settled=html.escape(lens.settled_sentence(result.trajectory)))
-
-
-def data_uri_chart(chart: Image.Image) -> str:
-    """Charts keep their size (they are drawn at a readable one) and stay PNG."""
-    buffer = io.BytesIO()
-    chart.convert("RGB").save(buffer, format="PNG", optimize=True)
-    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
 
 
 def write(manager, result, path: Path, decoder: str = "full") -> Path:

@@ -108,13 +108,18 @@ def redecode(manager, history, choice, step, decoder):
             filmstrip(manager, pick(history, choice).trajectory, decoder))
 
 
+def export_folder(root: Path) -> Path:
+    """A new folder for one export under `root`'s viewer-exports (the app's output folder)."""
+    exports = Path(root) / "viewer-exports"
+    exports.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{datetime.now():%Y-%m-%d-%H%M%S}-", dir=exports))
+
+
 def export_run(manager, history, choice, decoder, root: Path):
     """The run's GIF and contact sheet, written under `root` (the app's output folder, where
     the studio writes), handed to the browser as cached copies (cache.served)."""
     result = pick(history, choice)
-    exports = Path(root) / "viewer-exports"
-    exports.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{datetime.now():%Y-%m-%d-%H%M%S}-", dir=exports))
+    folder = export_folder(root)
     pairs = export.step_pictures(manager, result.trajectory, decoder)
     gif = export.animated_gif(pairs, result.trajectory.steps, folder / "trajectory.gif")
     sheet = folder / "contact_sheet.png"
@@ -125,9 +130,7 @@ def export_run(manager, history, choice, decoder, root: Path):
 def export_replay(manager, history, choice, decoder, root: Path):
     """The run's replay page (studio.replay), written under `root` like the other exports."""
     result = pick(history, choice)
-    exports = Path(root) / "viewer-exports"
-    exports.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{datetime.now():%Y-%m-%d-%H%M%S}-", dir=exports))
+    folder = export_folder(root)
     try:
         path = replay.write(manager, result, folder / "replay.html", decoder)
     except StudioError as exc:
