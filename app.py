@@ -22,6 +22,7 @@ from studio.errors import StudioError
 MAX_UPLOAD = "25mb"
 # Any request body: an upload at MAX_UPLOAD, or such a picture inline as base64 (4/3 larger).
 MAX_BODY = 36 * 1024 * 1024
+API_PREFIXES = ("/sdapi/",)  # the A1111 API's routes, which need HTTP Basic auth, not a UI session
 
 
 def allowed_hosts(settings: Settings) -> tuple[str, ...] | None:
@@ -34,8 +35,22 @@ def allowed_hosts(settings: Settings) -> tuple[str, ...] | None:
     return own if settings.allowed_hosts or not settings.public else None
 
 
-def launch_options(settings: Settings) -> dict:
-    """What `demo.launch` gets: where to serve, who may sign in, and the server's limits."""
+def build(manager, settings: Settings):
+    """The UI and, with --api, the A1111 API (studio.a1111) over one manager and one output
+    writer: (demo, api or None). Pass the api to launch_options."""
+    from studio.a1111 import A1111Api
+    from studio.outputs import OutputWriter
+    from studio.ui import build_demo
+
+    writer = OutputWriter(settings.output_root(), temporary=settings.no_save)
+    api = A1111Api(manager, settings, writer) if settings.api else None
+    api_runs = api.runs if api is not None and api.runs_shown_in_ui else None
+    return build_demo(manager, settings, writer=writer, api_runs=api_runs), api
+
+
+def launch_options(settings: Settings, api=None) -> dict:
+    """What `demo.launch` gets: where to serve, who may sign in, and the server's limits; with
+    `api` (a studio.a1111.A1111Api) its /sdapi/v1 routes, which check their own HTTP Basic auth."""
     from starlette.middleware import Middleware
 
     from studio.ui import CSS, TITLE, admission
@@ -48,8 +63,9 @@ def launch_options(settings: Settings) -> dict:
                "max_file_size": MAX_UPLOAD, "show_error": True,
                # outermost first: size and Host, then sign-in, then the JSON checks (which name events)
                "app_kwargs": {"middleware": [Middleware(Guard, max_body=MAX_BODY, hosts=allowed_hosts(settings))]
-                              + ([Middleware(SignInGate)] if settings.auth else [])
-                              + [Middleware(JsonGuard, check=admission.checks(settings))]},
+                              + ([Middleware(SignInGate, own_auth=API_PREFIXES if api else ())] if settings.auth else [])
+                              + [Middleware(JsonGuard, check=admission.checks(settings))],
+                              "routes": api.routes() if api is not None else []},
                # each session's history (trajectories included) stays in memory: keep it bounded
                "state_session_capacity": settings.max_sessions}
     if settings.auth_pair():
@@ -123,13 +139,16 @@ def warn_public(settings: Settings) -> None:
     if settings.share and not settings.auth:
         print("WARNING: --share without --auth: anyone with the link can use this studio and its "
               "compute. Add --auth user:password.", file=sys.stderr, flush=True)
+    if settings.api and settings.public and not settings.auth:
+        print("WARNING: --api on a public server without --auth: anyone can generate through /sdapi/v1. "
+              "Add --auth user:password (the API then needs HTTP Basic auth).", file=sys.stderr, flush=True)
 
 
-def launch(demo, settings: Settings, block: bool = True, cache_folder: Path | None = None):
+def launch(demo, settings: Settings, block: bool = True, cache_folder: Path | None = None, api=None):
     """Start the server; with --share, a failed tunnel leaves the local server running."""
     warn_public(settings)
     prepare(demo, settings, cache_folder)
-    options = launch_options(settings)
+    options = launch_options(settings, api)
     if not settings.share:
         return demo.launch(prevent_thread_lock=not block, **options)
     try:
@@ -151,7 +170,6 @@ def launch(demo, settings: Settings, block: bool = True, cache_folder: Path | No
 
 def main(argv: list[str] | None = None) -> int:
     from studio.manager import PipelineManager
-    from studio.ui import build_demo
 
     try:
         settings = parse_settings(argv)
@@ -161,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cache_folder = private_cache_folder()
-    launch(build_demo(manager, settings), settings, cache_folder=cache_folder)
+    demo, api = build(manager, settings)
+    launch(demo, settings, cache_folder=cache_folder, api=api)
     return 0
 
 

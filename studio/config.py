@@ -35,6 +35,7 @@ class Settings:
     port: int = 7860
     share: bool = False
     auth: str | None = None            # "user:password"
+    api: bool = False                  # AUTOMATIC1111's HTTP API at /sdapi/v1 (studio.a1111), as A1111's --api
     outputs: str = str(REPO_ROOT / "outputs")
     no_save: bool = False
     allowed_models: tuple[str, ...] = ()  # public mode: only these may be loaded from the UI/API
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=d["port"])
     p.add_argument("--share", action=argparse.BooleanOptionalAction, default=d["share"], help="also open a public gradio.live link (needs the internet)")
     p.add_argument("--auth", default=d["auth"], help="user:password required for the UI and the API")
+    p.add_argument("--api", action=argparse.BooleanOptionalAction, default=d["api"], help="also serve AUTOMATIC1111's HTTP API (/sdapi/v1) on the same port, for webuiapi, Open WebUI, SillyTavern; --auth then needs HTTP Basic auth")
     p.add_argument("--outputs", default=d["outputs"], help="folder for saved images")
     p.add_argument("--no-save", dest="no_save", action="store_true", default=d["no_save"], help="do not write images to --outputs (the Space default)")
     p.add_argument("--save", dest="no_save", action="store_false", help="write images to --outputs, also on a Space")

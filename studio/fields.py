@@ -40,6 +40,7 @@ class Field:
     optional: bool = False         # None is allowed (and means: the model decides)
     choices: tuple = ()            # str fields with a fixed set of values
     infotext: str | None = None    # A1111's key in the PNG's parameters text
+    a1111: str | None = None       # A1111's HTTP API name for it (/sdapi/v1, studio.a1111)
     flag: str | None = None        # the command line's flag; None: not on the command line
     axis: str | None = None        # the X/Y plot's label for it, if it can be swept
     img2img: bool = False          # only an image-to-image request has it
@@ -64,35 +65,35 @@ class Field:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("prompt", str, "", "Prompt", flag="--prompt",
+    Field("prompt", str, "", "Prompt", a1111="prompt", flag="--prompt",
           ui_default="a small red circle at the top left on a blue background"),  # the bundled model draws it
     Field("negative_prompt", str, "", "Negative prompt", "what the picture should not have",
-          flag="--negative-prompt"),
+          a1111="negative_prompt", flag="--negative-prompt"),
     Field("num_inference_steps", int, 20, "Steps", "denoising steps: more is slower, usually finer",
-          1, MAX_STEPS, 1, infotext="Steps", flag="--steps", axis="Steps", row="sampling"),
+          1, MAX_STEPS, 1, infotext="Steps", a1111="steps", flag="--steps", axis="Steps", row="sampling"),
     Field("guidance_scale", float, 7.5, "Guidance (CFG scale)", "how strongly to follow the prompt",
-          0.0, MAX_GUIDANCE, 0.5, infotext="CFG scale", flag="--guidance-scale", axis="CFG scale", row="sampling"),
+          0.0, MAX_GUIDANCE, 0.5, infotext="CFG scale", a1111="cfg_scale", flag="--guidance-scale", axis="CFG scale", row="sampling"),
     Field("width", int, None, "Width", "default: the model's native size", MIN_SIDE, MAX_SIDE, 8, optional=True,
-          multiple_of=8, flag="--width", row="size"),
+          multiple_of=8, a1111="width", flag="--width", row="size"),
     Field("height", int, None, "Height", "default: the model's native size", MIN_SIDE, MAX_SIDE, 8, optional=True,
-          multiple_of=8, flag="--height", row="size"),
+          multiple_of=8, a1111="height", flag="--height", row="size"),
     Field("scheduler", str, schedulers.DEFAULT, "Sampler",
           "Default: the model's own · " + " · ".join(f"{n}: {h}" for n, h in schedulers.HINTS.items()),
           choices=tuple(schedulers.NAMES), infotext="Sampler", flag="--scheduler", axis="Sampler", row="batch"),
     Field("num_images_per_prompt", int, 1, "Batch size", "pictures made together in one run",
-          1, MAX_BATCH, 1, infotext="Batch size", flag="--batch", row="batch"),
-    Field("seed", int, -1, "Seed (-1: random)", "", -1, MAX_SEED, 1, infotext="Seed", flag="--seed",
+          1, MAX_BATCH, 1, infotext="Batch size", a1111="batch_size", flag="--batch", row="batch"),
+    Field("seed", int, -1, "Seed (-1: random)", "", -1, MAX_SEED, 1, infotext="Seed", a1111="seed", flag="--seed",
           axis="Seed", row="seed"),
     Field("subseed", int, -1, "Variation seed", "a second noise, mixed in by the variation strength; -1: random",
-          -1, MAX_SEED, 1, infotext="Variation seed", flag="--subseed", row="variation"),
+          -1, MAX_SEED, 1, infotext="Variation seed", a1111="subseed", flag="--subseed", row="variation"),
     Field("subseed_strength", float, 0.0, "Variation strength", "0: the seed's picture, 1: the variation seed's",
-          0.0, 1.0, 0.01, infotext="Variation seed strength", flag="--subseed-strength", axis="Var. strength",
-          row="variation"),
+          0.0, 1.0, 0.01, infotext="Variation seed strength", a1111="subseed_strength",
+          flag="--subseed-strength", axis="Var. strength", row="variation"),
     Field("clip_skip", int, None, "Clip skip", "", 1, MAX_CLIP_SKIP, 1, optional=True, infotext="Clip skip",
           flag="--clip-skip"),
     Field("strength", float, 0.75, "Strength (denoising strength)", "img2img: how much to change it",
-          0.0, 1.0, 0.01, low_open=True, infotext="Denoising strength", flag="--strength",
-          axis="Denoising strength", img2img=True),
+          0.0, 1.0, 0.01, low_open=True, infotext="Denoising strength", a1111="denoising_strength",
+          flag="--strength", axis="Denoising strength", img2img=True),
     Field("preview", str, "none", "Live preview", "decoder for step previews", choices=tuple(PREVIEWS),
           flag="--preview", ui_default="fast"),
     Field("preview_every", int, 1, "Preview every", "", 1, MAX_STEPS, 1),
@@ -106,6 +107,7 @@ PANEL = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "
 # What a branch may change when it carries a run on from a step (studio.branching); the rest is the parent's.
 BRANCHABLE = ("prompt", "negative_prompt", "guidance_scale", "scheduler", "seed")
 BY_INFOTEXT = {f.infotext: f for f in FIELDS if f.infotext}
+BY_A1111 = {f.a1111: f for f in FIELDS if f.a1111}
 AXES = {f.name: f.axis for f in FIELDS if f.axis}
 
 

@@ -26,6 +26,7 @@ class Entry:
     title: str = ""                # an X/Y plot's axes, for example "Sampler x Steps"
     parent: str | None = None      # a branch's run ("7" or "7.2") and the step it left it at
     at_step: int | None = None
+    origin: str = ""               # where it was made, if not in this session: "API #3"
 
     @property
     def is_plot(self) -> bool:
@@ -61,6 +62,7 @@ class SessionHistory:
     next_number: int = 1
     limit: int = HISTORY_LIMIT
     max_bytes: int = HISTORY_BYTES
+    taken_up_to: int = 0           # the last entry number taken from another session (take_from)
 
     def add_run(self, result, paths) -> SessionHistory:
         return self._add(Entry(self.next_number, (result,), (tuple(paths),)))
@@ -71,6 +73,17 @@ class SessionHistory:
 
     def add_plot(self, results, files, grid: str, title: str) -> SessionHistory:
         return self._add(Entry(self.next_number, tuple(results), tuple(tuple(f) for f in files), grid, title))
+
+    def take_from(self, other: SessionHistory, origin: str) -> tuple[SessionHistory, int]:
+        """This history with `other`'s entries made since the last call added (numbered here, each
+        marked "<origin> #<its number there>"), and how many were added. The A1111 API's runs
+        reach a browser session this way (studio.a1111)."""
+        new = [e for e in other.entries if e.number > self.taken_up_to]
+        history = self
+        for e in new:
+            history = history._add(dataclasses.replace(e, number=history.next_number, origin=f"{origin} #{e.number}"))
+        taken = max((e.number for e in new), default=self.taken_up_to)
+        return dataclasses.replace(history, taken_up_to=taken), len(new)
 
     def _add(self, entry: Entry) -> SessionHistory:
         entries = (self.entries + (entry,))[-self.limit:]

@@ -64,6 +64,19 @@ def pickle_only_parts(path: Path) -> list[str]:
     return found
 
 
+def offered(settings) -> list[str]:
+    """The models this server names in its model lists: the one it started with, then --allowed-models."""
+    return list(dict.fromkeys([settings.model, *settings.allowed_models]))
+
+
+def check_allowed(settings, name: str) -> None:
+    """In public mode only the offered models may be loaded (UI and API alike): no arbitrary paths
+    or Hub ids."""
+    if settings.public and name not in offered(settings):
+        raise StudioError(f"model={name!r} is not offered on this server; choose one of: "
+                          f"{', '.join(sorted(offered(settings)))}.")
+
+
 def looks_like_hub_id(name: str) -> bool:
     """"owner/repo" with Hub-legal characters; never a path (no "..", no weight-file suffix)."""
     return (bool(HUB_ID.match(name)) and ".." not in name and "--" not in name

@@ -35,6 +35,15 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "LCM": ("LCMScheduler", {}),
 }
 NAMES = [DEFAULT, *SCHEDULERS]
+# AUTOMATIC1111's HTTP API (studio.a1111): the other names its clients send for these samplers,
+# and its separate "scheduler" (the sigma schedule): "DPM++ 2M" with "Karras" is "DPM++ 2M Karras".
+A1111_ALIASES = {
+    "Euler": ("k_euler",), "Euler a": ("k_euler_a", "k_euler_ancestral"), "Heun": ("k_heun",),
+    "DDIM": ("ddim",), "DDPM": ("ddpm",), "PLMS": ("plms",), "LMS": ("k_lms",), "DPM2": ("k_dpm_2",),
+    "DPM2 a": ("k_dpm_2_a",), "DPM++ 2M": ("k_dpmpp_2m",), "DPM++ 2M Karras": ("k_dpmpp_2m_ka",),
+    "DPM++ 2M SDE": ("k_dpmpp_2m_sde",), "DPM++ SDE": ("k_dpmpp_sde",), "UniPC": ("unipc",), "LCM": ("k_lcm",),
+}
+A1111_SCHEDULES = {"automatic": "Automatic", "karras": "Karras"}  # name -> label; Karras: DPM++ 2M only
 HINTS = {
     "LCM": "only for LCM-distilled models (2-8 steps, guidance 1-2)",
     "DPM2 a": "20+ steps, or low guidance: its midpoint step magnifies CFG at few steps",

@@ -169,20 +169,21 @@ class SignInGate:
     its defaults, the model's server path), POST /gradio_api/cancel cancelled a signed-in user's
     run, and /gradio_api/heartbeat opened a stream. Here a request without a valid session
     cookie reaches only OPEN paths; the page at / is the sign-in page with no API description.
-    The session is Gradio's own: its access-token cookie, looked up in the app's tokens."""
+    The session is Gradio's own: its access-token cookie, looked up in the app's tokens. Paths
+    under `own_auth` (the A1111 API's) pass: their routes demand HTTP Basic auth themselves."""
 
     OPEN = {"/", "/login", "/login/", "/login_check", "/login_check/", "/logout", "/favicon.ico",
             "/theme.css", "/manifest.json", "/robots.txt",
             "/gradio_api/startup-events"}  # launch() calls it once itself; it runs nothing twice
     OPEN_PREFIXES = ("/assets/", "/static/", "/svelte/")
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, own_auth: tuple[str, ...] = ()):
+        self.app, self.own_auth = app, own_auth  # path prefixes whose routes check their own auth
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] not in ("http", "websocket") or self.signed_in(scope):
-            return await self.app(scope, receive, send)
         path = scope.get("path", "")
+        if scope["type"] not in ("http", "websocket") or self.signed_in(scope) or path.startswith(self.own_auth):
+            return await self.app(scope, receive, send)
         if path not in self.OPEN and not path.startswith(self.OPEN_PREFIXES):
             return await refuse(scope, send, 401, "Not signed in: sign in with the user and password first.")
         if path != "/":

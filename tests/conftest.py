@@ -109,11 +109,11 @@ def app_server(bundled_manager, tmp_path_factory):
 def serve(manager, settings: Settings):
     """The studio's app for `manager` and `settings`, launched as app.py launches it, but always
     on 127.0.0.1 (settings may still say public, e.g. host 0.0.0.0). Yields the URL."""
-    from app import launch_options, prepare
-    from studio.ui import build_demo
+    from app import build, launch_options, prepare
 
-    demo = prepare(build_demo(manager, settings), settings)
-    options = {**launch_options(settings), "server_name": "127.0.0.1"}
+    demo, api = build(manager, settings)
+    demo = prepare(demo, settings)
+    options = {**launch_options(settings, api), "server_name": "127.0.0.1"}
     demo.launch(prevent_thread_lock=True, quiet=True, **options)
     try:
         yield f"http://127.0.0.1:{settings.port}/"

@@ -269,7 +269,7 @@ def test_public_mode_loads_no_model_outside_the_allowed_list(public_app, tiny_di
 def test_public_mode_says_nothing_about_paths(public_app, tiny_dirs):
     """Locally the model box tells a folder that is no model from a missing path; a public server
     must answer every path alike, or it maps the disk for a visitor."""
-    from studio.ui.settings_panel import check_allowed
+    from studio.models import check_allowed
 
     answers = set()
     for name in ("/etc", "/no/such/path", str(tiny_dirs["lcm"]), str(REPO_ROOT)):

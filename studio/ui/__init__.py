@@ -24,8 +24,10 @@ CSS = """
 """
 
 
-def build_demo(manager, settings: Settings) -> gr.Blocks:
-    writer = OutputWriter(settings.output_root(), temporary=settings.no_save)
+def build_demo(manager, settings: Settings, writer: OutputWriter | None = None, api_runs=None) -> gr.Blocks:
+    """`writer`: where PNGs go (one for the whole server); `api_runs()`, if given, is the A1111
+    API's session history (studio.a1111), which History can take into the browser's session."""
+    writer = writer or OutputWriter(settings.output_root(), temporary=settings.no_save)
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nWatch noise turn into a picture. Hover a control to see what it does.")
         switched = settings_panel.build(manager, settings)
@@ -42,7 +44,7 @@ def build_demo(manager, settings: Settings) -> gr.Blocks:
             with gr.Tab("Denoising viewer", id="viewer", elem_id="tab-viewer"):
                 viewer = viewer_tab.build(manager, history, last_image, writer)
             with gr.Tab("History", id="history", elem_id="tab-history"):
-                history_tab.build(manager, history, txt2img, img2img, viewer, tabs)
+                history_tab.build(manager, history, txt2img, img2img, viewer, tabs, api_runs)
             with gr.Tab("PNG info", id="pnginfo", elem_id="tab-pnginfo"):
                 pnginfo_tab.build(manager, writer, history, txt2img, img2img, tabs)
         panels = [txt2img["panel"], img2img["panel"], xyplot["panel"]]

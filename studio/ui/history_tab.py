@@ -3,7 +3,8 @@
 The session keeps its runs and X/Y plots in one studio.history.SessionHistory (a gr.State), up to
 HISTORY_LIMIT entries; a plot is one entry, shown as its grid. Each picture offers: send to img2img
 (picture and settings, read back from its PNG), reuse its seed in txt2img, open its run in the
-Denoising viewer, and download its PNG with the metadata.
+Denoising viewer, and download its PNG with the metadata. With --api, "Add the API's runs" brings
+the runs A1111 clients made (studio.a1111) into this session, to open in the viewer.
 Nothing here generates; the viewer decodes through its own functions.
 """
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 import gradio as gr
 
 from studio.history import HISTORY_LIMIT, Picture, SessionHistory
+
+API_ORIGIN = "A1111 API"
 from studio.ui import cache, common, pnginfo_tab, viewer_tab
 
 
@@ -31,7 +34,7 @@ def caption(picture: Picture) -> str:
     e = picture.entry
     if e.is_plot:
         return f"#{e.number} · X/Y plot: {e.title}"
-    return f"#{e.number} · seed {e.results[0].seeds[picture.image]}"
+    return f"#{e.number} · seed {e.results[0].seeds[picture.image]}" + (f" · {e.origin}" if e.origin else "")
 
 
 def describe(history: SessionHistory, selected) -> str:
@@ -46,7 +49,8 @@ def describe(history: SessionHistory, selected) -> str:
     result = e.results[0]
     r = result.request
     mode = f"img2img, strength {r.strength:g}" if r.is_img2img else "txt2img"
-    return (f"**{viewer_tab.run_label(e.number, result)}** · picture {picture.image + 1} of {len(result.seeds)}  \n"
+    made = f" · made through the {e.origin}" if e.origin else ""
+    return (f"**{viewer_tab.run_label(e.number, result)}** · picture {picture.image + 1} of {len(result.seeds)}{made}  \n"
             f"seed {result.seeds[picture.image]} · {r.num_inference_steps} steps · CFG {r.guidance_scale:g} · "
             f"{r.width}x{r.height} · {result.scheduler_name} · {mode}  \n"
             f"Prompt: {r.prompt or '(none)'}" + (f"  \nNegative: {r.negative_prompt}" if r.negative_prompt else ""))
@@ -76,7 +80,16 @@ def picture_run(picture: Picture) -> tuple[object, str]:
     return picture.entry.results[picture.result], picture.entry.files[picture.result][image]
 
 
-def build(manager, history: gr.State, txt2img: dict, img2img: dict, viewer: dict, tabs: gr.Tabs) -> None:
+def take_api_runs(history: SessionHistory, api_runs) -> SessionHistory:
+    """This session's history with the A1111 API's runs made since the last time added."""
+    history, added = history.take_from(api_runs(), API_ORIGIN)
+    gr.Info(f"Added {added} run{'s' * (added != 1)} made through /sdapi/v1." if added
+            else "No new runs through /sdapi/v1 since the last time.")
+    return history
+
+
+def build(manager, history: gr.State, txt2img: dict, img2img: dict, viewer: dict, tabs: gr.Tabs,
+          api_runs=None) -> None:
     gr.Markdown(f"This session's pictures, newest first (the last {HISTORY_LIMIT} runs or plots). "
                 "Click one, then use it.")
     selected = gr.State(None)  # index into history.pictures(); None: the newest picture
@@ -88,6 +101,7 @@ def build(manager, history: gr.State, txt2img: dict, img2img: dict, viewer: dict
         reuse_seed = gr.Button("Reuse seed in txt2img", elem_id="history-reuse-seed")
         open_viewer = gr.Button("Open in viewer", elem_id="history-open-viewer")
         save = gr.DownloadButton("Download PNG", interactive=False, elem_id="history-download")
+        from_api = gr.Button("Add the API's runs", visible=api_runs is not None, elem_id="history-from-api")
 
     def send_img2img(history_, selected_):
         _, path = picture_run(entry(history_, selected_))
@@ -113,6 +127,11 @@ def build(manager, history: gr.State, txt2img: dict, img2img: dict, viewer: dict
     gallery.select(select, inputs=history, outputs=[selected, details, save], **private)
     to_img2img.click(send_img2img, inputs=state, outputs=[*pnginfo_tab.targets(img2img, True), tabs], **private)
     reuse_seed.click(seed_to_txt2img, inputs=state, outputs=[txt2img["panel"].seed, tabs], **private)
+    def add_api_runs(history_):
+        return take_api_runs(history_, api_runs)
+
+    if api_runs is not None:  # --api: runs made by A1111 clients, in a session of their own
+        from_api.click(add_api_runs, inputs=history, outputs=history, **private)
     open_viewer.click(viewer_run, inputs=state, outputs=[viewer["run"], tabs], **private).success(
         load_in_viewer, inputs=[history, viewer["run"], viewer["decoder"]], outputs=viewer["shown"],
         concurrency_id=common.GPU, concurrency_limit=1, **private)

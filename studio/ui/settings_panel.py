@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from studio import models
 from studio.errors import StudioError
 from studio.requests import size_bound
 from studio.ui import common, form
@@ -17,19 +18,11 @@ def describe(manager) -> str:
             f"**Device:** {info.device} · **Precision:** {info.dtype}  \n**Memory options:** {memory}")
 
 
-def check_allowed(settings, name: str) -> None:
-    """In public mode only the configured models may be loaded: no arbitrary paths or Hub ids."""
-    allowed = set(settings.allowed_models) | {settings.model}
-    if settings.public and name not in allowed:
-        raise StudioError(f"model={name!r} is not offered on this server; choose one of: "
-                          f"{', '.join(sorted(allowed))}.")
-
-
 def build(manager, settings):
     """Lay out the panel; returns the model switch's event, for the tabs to follow it."""
     with gr.Accordion("Model and settings", open=False, elem_id="settings-panel"):
         status = gr.Markdown(describe(manager), elem_id="settings-status")
-        choices = list(dict.fromkeys([settings.model, *settings.allowed_models]))
+        choices = models.offered(settings)
         with gr.Row():
             model = gr.Dropdown(choices, value=settings.model, allow_custom_value=not settings.public,
                                 label="Model (Hub id, diffusers folder or .safetensors file)",
@@ -38,7 +31,7 @@ def build(manager, settings):
 
     def switch(name: str) -> str:
         try:
-            check_allowed(settings, name)
+            models.check_allowed(settings, name)
             manager.load(name)
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
