@@ -105,10 +105,31 @@ def app_server(bundled_manager, tmp_path_factory):
         yield url, settings
 
 
+@pytest.fixture(scope="session")
+def api_server(tmp_path_factory):
+    """The studio with --api (AUTOMATIC1111's /sdapi/v1) on 127.0.0.1, on a manager of its own
+    (the bundled model; its tests switch models). Yields (url, settings, manager, api)."""
+    from studio.manager import PipelineManager
+
+    settings = Settings(model=DEFAULT_MODEL, port=free_port(), api=True,
+                        outputs=str(tmp_path_factory.mktemp("api-outputs")))
+    manager = PipelineManager(settings)
+    manager.load()
+    with serve_with_api(manager, settings) as (url, api):
+        yield url, settings, manager, api
+
+
 @contextlib.contextmanager
 def serve(manager, settings: Settings):
     """The studio's app for `manager` and `settings`, launched as app.py launches it, but always
     on 127.0.0.1 (settings may still say public, e.g. host 0.0.0.0). Yields the URL."""
+    with serve_with_api(manager, settings) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serve_with_api(manager, settings: Settings):
+    """As `serve`; yields (URL, the studio.a1111.A1111Api, or None without settings.api)."""
     from app import build, launch_options, prepare
 
     demo, api = build(manager, settings)
@@ -116,7 +137,7 @@ def serve(manager, settings: Settings):
     options = {**launch_options(settings, api), "server_name": "127.0.0.1"}
     demo.launch(prevent_thread_lock=True, quiet=True, **options)
     try:
-        yield f"http://127.0.0.1:{settings.port}/"
+        yield f"http://127.0.0.1:{settings.port}/", api
     finally:
         demo.close()
 
