@@ -23,7 +23,7 @@ from pathlib import Path
 from studio.config import DEFAULT_MODEL
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "10", "11", "12")  # 9, the headline, comes with 1
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "10", "11", "12", "13")  # 9, the headline, comes with 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,14 +98,15 @@ def in_process_sections(run: Run, manager, plan) -> None:
 
 
 def serving_sections(run: Run, manager, plan) -> None:
-    """Sections 4 and 7 on an in-process app, 12 in Chromium, then 5 and 6 in new processes."""
+    """Sections 4, 7 and 13 on an in-process app, 12 in Chromium, then 5 and 6 in new processes."""
     from benchmarks import explain, serving
 
     with serving.scratch_folder() as scratch:
-        if run.only & {"4", "7"}:
+        if run.only & {"4", "7", "13"}:
             with serving.running_app(manager, scratch) as url:
                 run.section("4", "round trip", serving.round_trip, manager, url, plan)
                 run.section("7", "throughput", serving.throughput, manager, url, plan)
+                run.section("13", "the A1111 API's round trip", serving.a1111_round_trip, manager, url, plan)
         run.section("12", "scrub at screen speed", explain.scrub_latency, manager, plan)
         run.section("5", "cold start of the CLI", serving.cold_start_cli, manager, plan, scratch)
         run.section("5", "cold start of the app", serving.cold_start_app, manager, plan, scratch)

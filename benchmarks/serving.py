@@ -39,13 +39,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(manager, outputs: str):
-    """The studio's Gradio app in this process on 127.0.0.1; yields its URL."""
-    from studio.ui import build_demo
+    """The studio's Gradio app in this process on 127.0.0.1, with the A1111 API (--api); yields its URL."""
+    from app import build
 
     settings = Settings(model=manager.settings.model, device=manager.settings.device,
-                        tiny_vae=manager.settings.tiny_vae, port=free_port(), outputs=outputs)
-    demo = build_demo(manager, settings)
-    demo.launch(server_name="127.0.0.1", server_port=settings.port, prevent_thread_lock=True, quiet=True)
+                        tiny_vae=manager.settings.tiny_vae, port=free_port(), outputs=outputs, api=True)
+    demo, api = build(manager, settings)
+    demo.launch(server_name="127.0.0.1", server_port=settings.port, prevent_thread_lock=True, quiet=True,
+                app_kwargs={"routes": api.routes()})
     try:
         yield f"http://127.0.0.1:{settings.port}/"
     finally:
@@ -101,6 +102,40 @@ def round_trip_figures(stats: dict) -> list[Figure]:
                    note=f"round trip minus threaded call, at {p.STEPS} and {p.FEW_STEPS} steps"),
             Figure("4", "app overhead per request, besides the steps", "s",
                    Stats.of([few - per_step * p.FEW_STEPS]))]
+
+
+# ----- 13: the A1111 API ---------------------------------------------------------------------
+def sdapi_run(url: str, size: int, steps: int = p.STEPS):
+    """A run that times one POST /sdapi/v1/txt2img to the decoded picture."""
+    import base64
+    import io
+
+    import requests
+
+    body = {"prompt": p.PROMPT, "negative_prompt": p.NEGATIVE_PROMPT, "steps": steps, "cfg_scale": p.GUIDANCE,
+            "width": size, "height": size, "seed": p.SEED}
+
+    def run() -> dict:
+        started = time.perf_counter()
+        answer = requests.post(url + "sdapi/v1/txt2img", json=body, timeout=SERVER_TIMEOUT)
+        answer.raise_for_status()
+        Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).load()
+        return {"seconds": time.perf_counter() - started}
+    return run
+
+
+def a1111_round_trip(manager, url: str, plan: p.Plan) -> list[Figure]:
+    """Section 13: the same request through /sdapi/v1/txt2img and through gradio_client's /txt2img,
+    interleaved in one run."""
+    from gradio_client import Client
+
+    client, size = Client(url, verbose=False), manager.loaded.native_size
+    runs = {"sdapi": sdapi_run(url, size), "gradio": client_run(client, size, p.STEPS)}
+    stats = {key: Stats.of(values["seconds"]) for key, values in interleave(runs, plan.repeats).items()}
+    return [Figure("13", "POST /sdapi/v1/txt2img round trip", "s", stats["sdapi"],
+                   note="live preview fast (for /progress), PNG saved, base64 in JSON"),
+            Figure("13", "gradio_client /txt2img round trip, same request", "s", stats["gradio"], note="preview none"),
+            Figure("13", "/sdapi/v1 / Gradio API", "x", ratio(stats["sdapi"], stats["gradio"]))]
 
 
 # ----- 7: throughput --------------------------------------------------------------------------

@@ -308,3 +308,7 @@ def test_with_auth_webuiapi_signs_in_and_generates(auth_api_server):
     api = webuiapi.WebUIApi(host=host, port=int(port), username="ann", password="s3cret-pass")
     assert api.txt2img(prompt=PROMPT, steps=3, seed=2, width=64, height=64).info["all_seeds"] == [2]
     assert api.get_progress()["state"]["job_count"] == 0
+
+
+def test_without_api_there_is_no_sdapi(app_server):
+    assert requests.get(app_server[0] + "sdapi/v1/options").status_code == 404

@@ -701,3 +701,32 @@ def test_the_exported_replay_page_plays_from_a_file_with_the_network_blocked(pag
     expect(player).to_have_attribute("data-step", "20", timeout=GENERATION_SECONDS * 1000)
     assert fetched == [] and errors == []
     offline.close()
+
+
+def test_a_run_made_through_the_a1111_api_opens_in_the_viewer(browser, api_server, artifacts):
+    import requests
+
+    url = api_server[0]
+    answer = requests.post(url + "sdapi/v1/txt2img", json={"prompt": "a large green triangle on a white background",
+                                                           "seed": 314, "steps": 7}, timeout=GENERATION_SECONDS)
+    answer.raise_for_status()
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    page.goto(url)
+    page.click("#tab-history-button", timeout=PAGE_READY_SECONDS * 1000)
+    page.click("#history-from-api")
+    expect(page.locator("#history-gallery .thumbnail-item").first).to_be_visible()
+    expect(page.locator("#history-details")).to_contain_text("made through the A1111 API #")
+    expect(page.locator("#history-details")).to_contain_text("seed 314")
+    page.screenshot(path=artifacts / "history-api-runs.png", full_page=True)
+    page.click("#history-open-viewer")
+    expect_tab_selected(page, "viewer")
+    expect(page.locator("#viewer-run input")).to_have_value(re.compile(r"txt2img: a large green triangle.* seed 314"))
+    expect(page.locator("#viewer-caption")).to_contain_text("Step 7 of 7")
+    expect_loaded_image(page, "#viewer-xt")
+    page.screenshot(path=artifacts / "viewer-api-run.png", full_page=True)
+    page.click("#tab-history-button")
+    page.click("#history-from-api")  # nothing new: said, and nothing added twice
+    expect(page.locator(".toast-body").last).to_contain_text("No new runs")
+    context.close()

@@ -88,11 +88,11 @@ def router(manager, settings, board: JobBoard, check=None) -> APIRouter:
 
     @api.get("/sd-models")
     def sd_models():
-        return catalog.sd_models(manager, settings)
+        return answer_or_refusal(catalog.sd_models, manager, settings)
 
     @api.get("/options")
     def options():
-        return catalog.options(manager)
+        return answer_or_refusal(catalog.options, manager)
 
     @api.post("/options")
     def set_options(body=Body(...)):
@@ -122,6 +122,14 @@ def router(manager, settings, board: JobBoard, check=None) -> APIRouter:
     for name in EMPTY_LISTS:  # what the clients ask for at start; the studio has none of these
         api.add_api_route(f"/{name}", empty_list, methods=["GET"], name=name)
     return api
+
+
+def answer_or_refusal(read, *args):
+    """`read(*args)`, or its StudioError as an answer (no model, for the moment a switch takes)."""
+    try:
+        return read(*args)
+    except StudioError as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
 def empty_list() -> list:
