@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from studio import weighting
 from studio.errors import StudioError
 
 CROSS = "attn2.processor"  # diffusers' name of a transformer block's cross-attention processor
@@ -36,9 +37,10 @@ class Word:
 
 
 def prompt_tokens(tokenizer, prompt: str) -> list[str]:
-    """The prompt's tokens as the text encoder sees them, within its window, without start and end."""
-    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
-    return tokenizer.convert_ids_to_tokens(ids[1:-1])
+    """The tokens of the prompt's first chunk (studio.weighting: A1111's syntax removed) as the
+    text encoder sees them, without start and end: the key positions 1.. of cross-attention."""
+    first = weighting.token_weights(tokenizer, prompt)[0]
+    return tokenizer.convert_ids_to_tokens([token for token, _ in first])
 
 
 def words(tokens: list[str]) -> list[Word]:

@@ -199,12 +199,9 @@ class PipelineManager:
         request = dataclasses.replace(request, width=width, height=height, seed=base_seed)
         check_limits(request, model.native_size, self.settings.size_factor, self.settings.public)
 
-        # 2. Prompts: warn where the text encoder cuts them; clip_skip done right
-        for text, name in ((request.prompt, "prompt"), (request.negative_prompt, "negative_prompt")):
-            warning = prompts.token_limit_warning(getattr(pipe, "tokenizer", None), text, name)
-            warnings += [warning] if warning else []
+        # 2. Prompts: A1111's weights and long prompts in chunks (studio.weighting); clip_skip done right
         kwargs = {} if model.unconditional else \
-            prompts.clip_skip_kwargs(pipe, request.prompt, request.negative_prompt, request.clip_skip)
+            prompts.prompt_kwargs(pipe, request.prompt, request.negative_prompt, request.clip_skip)
 
         # 3. img2img input, upright RGB at the requested size
         if model.unconditional:

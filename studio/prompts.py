@@ -1,4 +1,4 @@
-"""Prompt text -> what the text encoder sees: token-limit warnings and clip_skip embeddings.
+"""Prompt text -> what the pipeline gets: the text, weighted embeddings, or clip_skip embeddings.
 
 diffusers' own clip_skip path reads `text_encoder.text_model.final_layer_norm`, which
 transformers >= 5.6 no longer has (CLIPTextModel holds `final_layer_norm` itself), so for the
@@ -10,18 +10,7 @@ from __future__ import annotations
 
 import torch
 
-
-def token_limit_warning(tokenizer, text: str, name: str = "prompt") -> str | None:
-    """A warning when `text` is longer than the text encoder reads, naming what is cut."""
-    if tokenizer is None or not text:
-        return None
-    limit = tokenizer.model_max_length - 2  # the start and end tokens take two places
-    ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
-    if len(ids) <= limit:
-        return None
-    ignored = tokenizer.decode(ids[limit:]).strip()
-    return (f"{name} is {len(ids)} tokens; the text encoder reads the first {limit}, "
-            f"so this part is ignored: \"{ignored[:80]}{'...' if len(ignored) > 80 else ''}\"")
+from studio import weighting
 
 
 def final_layer_norm(text_encoder) -> torch.nn.Module:
@@ -39,6 +28,15 @@ def encode_with_clip_skip(pipe, texts: list[str], clip_skip: int) -> torch.Tenso
     out = pipe.text_encoder(tokens.input_ids.to(device), output_hidden_states=True)
     hidden = out.hidden_states[-(clip_skip + 1)]
     return final_layer_norm(pipe.text_encoder)(hidden).to(pipe.text_encoder.dtype)
+
+
+def prompt_kwargs(pipe, prompt: str, negative_prompt: str, clip_skip: int | None) -> dict:
+    """The pipeline's prompt arguments: a prompt in A1111's syntax, or longer than the text
+    encoder's window, as weighted embeddings in chunks (studio.weighting); any other as the text."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is not None and weighting.needs_embeddings(tokenizer, prompt, negative_prompt):
+        return weighting.embeddings(pipe, prompt, negative_prompt, clip_skip)
+    return clip_skip_kwargs(pipe, prompt, negative_prompt, clip_skip)
 
 
 def clip_skip_kwargs(pipe, prompt: str, negative_prompt: str, clip_skip: int | None) -> dict:

@@ -730,3 +730,14 @@ def test_a_run_made_through_the_a1111_api_opens_in_the_viewer(browser, api_serve
     page.click("#history-from-api")  # nothing new: said, and nothing added twice
     expect(page.locator(".toast-body").last).to_contain_text("No new runs")
     context.close()
+
+
+def test_the_prompt_shows_its_token_count_and_a_long_one_is_in_chunks(page, artifacts):
+    counter = page.locator("#txt2img-prompt-tokens")
+    expect(counter).to_contain_text("/18 tokens")
+    box = page.locator("#txt2img-prompt textarea")
+    box.fill("a large (red:1.3) circle on a blue background " * 3)
+    expect(counter).to_contain_text("24/36 tokens · in chunks")
+    page.screenshot(path=artifacts / "prompt-token-count.png")
+    box.fill("a red circle")
+    expect(counter).to_have_text("3/18 tokens")

@@ -21,6 +21,8 @@ CSS = """
 #xyplot-gallery .caption-label, #history-gallery .caption-label { white-space: normal; max-width: 100%; left: 0; }
 /* galleries as tall as their pictures: Gradio gives every gallery a 320-450 px floor */
 #viewer-filmstrip .fixed-height, #xyplot-gallery .fixed-height { min-height: 0; }
+/* the prompt's token count, small and to the right under its box, as A1111 shows it */
+.studio-token-count { text-align: right; font-size: 0.8em; opacity: 0.75; margin-top: -0.6em; }
 """
 
 

@@ -7,7 +7,7 @@ import itertools
 
 import gradio as gr
 
-from studio import fields
+from studio import fields, weighting
 from studio.requests import SIZE_FACTOR, size_bound
 
 
@@ -101,9 +101,10 @@ ELEM_IDS = {"num_inference_steps": "steps", "guidance_scale": "guidance", "num_i
 
 def parameter_panel(tab: str, native_size: int, size_factor: float = SIZE_FACTOR,
                     previews: list[tuple[str, str]] | None = None, batch_count: bool = True,
-                    prompt: str | None = None, has_text: bool = True) -> ParameterPanel:
+                    prompt: str | None = None, has_text: bool = True, counter=None) -> ParameterPanel:
     """The controls of studio.fields.PANEL, a row per the table's `row`. With `batch_count`, also a
-    "Batch count" slider (`panel.batch_count`, not in `inputs()`: events that run batches add it)."""
+    "Batch count" slider (`panel.batch_count`, not in `inputs()`: events that run batches add it).
+    `counter(text)` (token_counter), if given, shows "12/75" under the prompt and negative prompt."""
     bound, size_hint = size_bound(native_size, size_factor), size_info(native_size, size_factor)
     special = {"preview": dict(choices=previews), "prompt": {} if prompt is None else dict(value=prompt),
                "width": dict(maximum=bound, value=native_size, info=size_hint, kind=SizeSlider),
@@ -114,6 +115,8 @@ def parameter_panel(tab: str, native_size: int, size_factor: float = SIZE_FACTOR
         with gr.Row() if row else contextlib.nullcontext():
             for name in names:
                 controls[name] = control(fields.FIELD[name], tab, **special.get(name, {}))
+                if name in ("prompt", "negative_prompt") and counter is not None:
+                    show_token_count(controls[name], counter, f"{tab}-{name.replace('_', '-')}-tokens")
                 if name == "num_images_per_prompt" and batch_count:
                     count = gr.Slider(1, fields.MAX_BATCH_COUNT, value=1, step=1, label="Batch count",
                                       elem_id=f"{tab}-batch-count", info="runs one after another; seeds continue")
@@ -122,6 +125,23 @@ def parameter_panel(tab: str, native_size: int, size_factor: float = SIZE_FACTOR
                     extras["reuse"] = gr.Button("Reuse last", size="sm", elem_id=f"{tab}-reuse-seed")
     extras["random"].click(random_seed_value, outputs=controls["seed"], api_visibility="private", queue=False)
     return ParameterPanel(controls, extras["reuse"], count)
+
+
+def token_counter(manager):
+    """"12/75": the prompt's tokens and what its chunks hold (A1111's counter; studio.weighting),
+    for the loaded model's tokenizer. A prompt past one chunk is encoded in chunks, not cut."""
+    def count(text) -> str:
+        tokenizer = getattr(manager.loaded.txt2img, "tokenizer", None)
+        if tokenizer is None:
+            return ""
+        used, room = weighting.token_count(tokenizer, text or "")
+        return f"{used}/{room} tokens" + (" · in chunks" if used > tokenizer.model_max_length - 2 else "")
+    return count
+
+
+def show_token_count(box: gr.Textbox, counter, elem_id: str) -> None:
+    shown = gr.Markdown(counter(box.value), elem_id=elem_id, elem_classes="studio-token-count")
+    box.change(counter, inputs=box, outputs=shown, api_visibility="private", queue=False, trigger_mode="always_last")
 
 
 def attention_toggle(has_text: bool) -> dict:

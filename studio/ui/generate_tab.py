@@ -52,7 +52,8 @@ def layout(mode: str, manager, prompt: str | None) -> dict:
                                                interactive=False, elem_classes="studio-picture", format="png",
                                                height=160, elem_id="img2img-start-preview")
             ui["panel"] = form.parameter_panel(tab, manager.info.native_size, manager.settings.size_factor,
-                                               form.preview_choices(manager), prompt=prompt, has_text=manager.info.family != "unconditional")
+                                               form.preview_choices(manager), prompt=prompt, has_text=manager.info.family != "unconditional",
+                                               counter=form.token_counter(manager))
             with gr.Row():
                 ui["generate"] = gr.Button("Generate", variant="primary", elem_id=f"{tab}-generate")
                 ui["stop"] = gr.Button("Stop", variant="stop", elem_id=f"{tab}-stop", interactive=False)
