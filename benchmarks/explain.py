@@ -7,6 +7,8 @@ the cost off is that of a run before the feature: nothing. Timings interleave on
 """
 from __future__ import annotations
 
+import dataclasses
+
 from benchmarks import plan as p
 from benchmarks.generation import studio_request, studio_run
 from benchmarks.measure import Stats, interleave, ratio
@@ -35,6 +37,25 @@ def attention_cost(manager, plan: p.Plan) -> list[Figure]:
             figures.append(Figure("11", f"attention kept per step, {model}, {count} tokens (computed)", "KiB",
                                   Stats.of([count * latent * latent * 2 / 1024])))
     return figures
+
+
+# ----- 14: prompt weighting ------------------------------------------------------------------
+WEIGHTED = "a small (red:1.3) circle at the top left on a [blue] background"  # the benchmark prompt, weighted
+
+
+def weighting_cost(manager, plan: p.Plan) -> list[Figure]:
+    """Section 14: a prompt in A1111's syntax (weighted embeddings, studio.weighting) against the
+    same words plain (the text to the pipeline), and a prompt of two chunks."""
+    long = p.PROMPT + " " + p.PROMPT  # past the bundled model's 18-token window
+    plain = studio_request(manager)
+    runs = {"weighted": studio_run(manager, dataclasses.replace(plain, prompt=WEIGHTED)),
+            "plain": studio_run(manager, plain),
+            "two chunks": studio_run(manager, dataclasses.replace(plain, prompt=long))}
+    times = {k: Stats.of(v["seconds"]) for k, v in interleave(runs, 2 * plan.repeats).items()}
+    return [Figure("14", "weighted prompt / plain prompt", "x", ratio(times["weighted"], times["plain"]),
+                   note=f"{p.STEPS} steps; the text encoder runs once a run either way"),
+            Figure("14", "two-chunk prompt / plain prompt", "x", ratio(times["two chunks"], times["plain"]),
+                   note="twice the text encoder, and twice the keys in every cross-attention")]
 
 
 # ----- 12: scrub at screen speed ---------------------------------------------------------------

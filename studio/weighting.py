@@ -81,7 +81,7 @@ def token_weights(tokenizer, text: str) -> list[list[tuple[int, float]]]:
             chunks.append(current)
             current = []
             continue
-        for token in tokenizer(fragment, add_special_tokens=False).input_ids:
+        for token in tokenizer(fragment, add_special_tokens=False, verbose=False).input_ids:  # chunked below
             if len(current) == size:
                 chunks.append(current)
                 current = []
