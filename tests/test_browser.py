@@ -332,6 +332,17 @@ def test_scrubbing_the_viewer_slider_shows_other_steps(page, artifacts):
     assert distance[0] > distance[1] > 0, distance
 
 
+def open_picked_in_viewer(page: Page, label: str, steps: int, shot: Path) -> None:
+    """History's "Open in viewer" on the picked picture: the viewer shows that run (`label`, a
+    pattern of its name in the run box) at its last step, and its x_t picture arrived."""
+    page.click("#history-open-viewer")
+    expect_tab_selected(page, "viewer")
+    expect(page.locator("#viewer-run input")).to_have_value(re.compile(label))
+    expect(page.locator("#viewer-caption")).to_contain_text(f"Step {steps} of {steps}")
+    expect_loaded_image(page, "#viewer-xt")
+    page.screenshot(path=shot, full_page=True)
+
+
 def test_a_history_picture_opens_in_the_viewer_and_goes_to_img2img(page, artifacts):
     generate_in_txt2img(page, "a large yellow triangle on a purple background", steps=6, seed=11)
     generate_in_txt2img(page, "a small red circle at the top left on a blue background", steps=4, seed=22)
@@ -343,12 +354,7 @@ def test_a_history_picture_opens_in_the_viewer_and_goes_to_img2img(page, artifac
     expect(page.locator("#history-details")).to_contain_text("seed 11")
     page.screenshot(path=artifacts / "history.png", full_page=True)
 
-    page.click("#history-open-viewer")
-    expect_tab_selected(page, "viewer")
-    expect(page.locator("#viewer-run input")).to_have_value(re.compile(r"^#1 txt2img: a large yellow"))
-    expect(page.locator("#viewer-caption")).to_contain_text("Step 6 of 6")
-    expect_loaded_image(page, "#viewer-xt")
-    page.screenshot(path=artifacts / "history-open-in-viewer.png", full_page=True)
+    open_picked_in_viewer(page, r"^#1 txt2img: a large yellow", 6, artifacts / "history-open-in-viewer.png")
 
     page.click("#tab-history-button")
     page.click("#history-to-img2img")
@@ -720,12 +726,7 @@ def test_a_run_made_through_the_a1111_api_opens_in_the_viewer(browser, api_serve
     expect(page.locator("#history-details")).to_contain_text("made through the A1111 API #")
     expect(page.locator("#history-details")).to_contain_text("seed 314")
     page.screenshot(path=artifacts / "history-api-runs.png", full_page=True)
-    page.click("#history-open-viewer")
-    expect_tab_selected(page, "viewer")
-    expect(page.locator("#viewer-run input")).to_have_value(re.compile(r"txt2img: a large green triangle.* seed 314"))
-    expect(page.locator("#viewer-caption")).to_contain_text("Step 7 of 7")
-    expect_loaded_image(page, "#viewer-xt")
-    page.screenshot(path=artifacts / "viewer-api-run.png", full_page=True)
+    open_picked_in_viewer(page, r"txt2img: a large green triangle.* seed 314", 7, artifacts / "viewer-api-run.png")
     page.click("#tab-history-button")
     page.click("#history-from-api")  # nothing new: said, and nothing added twice
     expect(page.locator(".toast-body").last).to_contain_text("No new runs")
