@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_field_arguments(g)
     g.add_argument("--batch-count", type=int, default=1, help="runs one after another; seeds continue")
     g.add_argument("--init-image", type=Path, default=None, help="img2img: the starting picture")
+    g.add_argument("--mask", type=Path, default=None, help="with --init-image: inpaint, repainting the mask's white part")
     g.add_argument("--trajectory", type=Path, default=None, help="folder for every step's x_t and x0, a GIF and a contact sheet (decoded with --preview's decoder, full VAE if none)")
     config.add_model_arguments(g, config.defaults())
     i = commands.add_parser("inspect", help="open a saved run (the folder --trajectory wrote) and show its steps")
@@ -82,7 +83,7 @@ def add_field_arguments(parser: argparse.ArgumentParser) -> None:
 
 def request_from(args: argparse.Namespace) -> GenerationRequest:
     named = {f.name: getattr(args, f.name) for f in fields.FIELDS if f.flag is not None}
-    return GenerationRequest(**named, image=args.init_image)
+    return GenerationRequest(**named, image=args.init_image, mask_image=args.mask)
 
 
 def output_paths(out: Path, count: int) -> list[Path]:

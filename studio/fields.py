@@ -44,6 +44,7 @@ class Field:
     flag: str | None = None        # the command line's flag; None: not on the command line
     axis: str | None = None        # the X/Y plot's label for it, if it can be swept
     img2img: bool = False          # only an image-to-image request has it
+    inpaint: bool = False          # only an inpainting request (img2img with a mask) has it
     multiple_of: int = 1
     row: str = ""                  # the UI lays fields of one row side by side
     ui_default: object = None      # the UI's value where it differs from the request's (not None)
@@ -94,6 +95,15 @@ FIELDS: tuple[Field, ...] = (
     Field("strength", float, 0.75, "Strength (denoising strength)", "img2img: how much to change it",
           0.0, 1.0, 0.01, low_open=True, infotext="Denoising strength", a1111="denoising_strength",
           flag="--strength", axis="Denoising strength", img2img=True),
+    Field("mask_blur", int, 4, "Mask blur", "pixels of soft edge where the repainted area meets the kept picture",
+          0, 64, 1, infotext="Mask blur", a1111="mask_blur", flag="--mask-blur", img2img=True, inpaint=True),
+    Field("masked_content", str, "original", "Masked content",
+          "original: repaint from the picture noised by the strength; latent noise: from pure noise (every step runs)",
+          choices=("original", "latent noise"), infotext="Masked content", flag="--masked-content",
+          img2img=True, inpaint=True),
+    Field("inpaint_only_masked", bool, False, "Inpaint only the masked area",
+          "repaint the mask's box (with 32 px around it) at the full size, then paste it back",
+          infotext="Inpaint only masked", flag="--inpaint-only-masked", img2img=True, inpaint=True),
     Field("preview", str, "none", "Live preview", "decoder for step previews", choices=tuple(PREVIEWS),
           flag="--preview", ui_default="fast"),
     Field("preview_every", int, 1, "Preview every", "", 1, MAX_STEPS, 1),
@@ -141,6 +151,10 @@ class GenerationRequest:
     clip_skip: int | None = default("clip_skip")
     image: Image.Image | None = None                # set for img2img
     strength: float = default("strength")
+    mask_image: Image.Image | None = None           # img2img with a mask: inpainting (white is repainted)
+    mask_blur: int = default("mask_blur")
+    masked_content: str = default("masked_content")
+    inpaint_only_masked: bool = default("inpaint_only_masked")
     preview: str = default("preview")
     preview_every: int = default("preview_every")
     record_attention: bool = default("record_attention")  # per-word cross-attention maps (studio.attention)
@@ -149,13 +163,26 @@ class GenerationRequest:
     def is_img2img(self) -> bool:
         return self.image is not None
 
+    @property
+    def is_inpaint(self) -> bool:
+        return self.mask_image is not None
+
+    @property
+    def run_strength(self) -> float | None:
+        """The strength the pipeline runs at: None in text to image; inpainting from latent noise
+        starts from pure noise, 1."""
+        if not self.is_img2img:
+            return None
+        return 1.0 if self.is_inpaint and self.masked_content == "latent noise" else self.strength
+
     def steps_to_run(self) -> int:
-        return steps_to_run(self.num_inference_steps, self.strength if self.is_img2img else None)
+        return steps_to_run(self.num_inference_steps, self.run_strength)
 
     def parameters(self) -> dict:
-        """The request as plain values (no image), for metadata and history."""
-        values = dataclasses.asdict(dataclasses.replace(self, image=None))
-        values.pop("image")
-        if not self.is_img2img:
-            values.pop("strength")
+        """The request as plain values (no pictures), for metadata and history."""
+        values = dataclasses.asdict(dataclasses.replace(self, image=None, mask_image=None))
+        for f in FIELDS:
+            if (f.img2img and not self.is_img2img) or (f.inpaint and not self.is_inpaint):
+                values.pop(f.name)
+        del values["image"], values["mask_image"]
         return values

@@ -23,7 +23,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from studio import attention as studio_attention
-from studio import devices, forward, images, models, noise, prompts, runcard, schedulers, streams
+from studio import devices, forward, images, inpainting, models, noise, prompts, runcard, schedulers, streams
 from studio.config import Settings
 from studio.errors import GenerationCancelled, StudioError
 from studio.previews import PreviewDecoder
@@ -42,6 +42,7 @@ class LoadedModel:
     hash: str
     native_size: int
     _img2img: object | None = None
+    _inpaint: object | None = None
     _runner: object | None = None
 
     @property
@@ -57,13 +58,22 @@ class LoadedModel:
 
     @property
     def img2img(self):
-        if self._img2img is None:
-            from diffusers import AutoPipelineForImage2Image
+        return self._derived("_img2img", "AutoPipelineForImage2Image")
 
-            # Shares every module with txt2img (no second copy of the weights) and keeps the dtype.
-            self._img2img = AutoPipelineForImage2Image.from_pipe(self.txt2img)
-            self._img2img.set_progress_bar_config(disable=True)
-        return self._img2img
+    @property
+    def inpaint(self):
+        return self._derived("_inpaint", "AutoPipelineForInpainting")
+
+    def _derived(self, slot: str, auto: str):
+        """The img2img or inpainting pipeline, made once with `from_pipe`: it shares every module
+        with txt2img (no second copy of the weights) and keeps the dtype."""
+        if getattr(self, slot) is None:
+            import diffusers
+
+            pipe = getattr(diffusers, auto).from_pipe(self.txt2img)
+            pipe.set_progress_bar_config(disable=True)
+            setattr(self, slot, pipe)
+        return getattr(self, slot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +201,10 @@ class PipelineManager:
             raise StudioError(f"model={model.source.name!r} is unconditional (no prompt, no image "
                               "input): image to image needs a text-to-image model.")
         # A resumed run (img2img too) only denoises: the text-to-image loop, from its latents
-        pipe = model.img2img if request.is_img2img and start is None else model.runner
+        if request.is_inpaint and start is not None:
+            raise StudioError("An inpainting run cannot be branched yet; branch an image-to-image run instead.")
+        pipe = (model.inpaint if request.is_inpaint else model.img2img) if request.is_img2img and start is None \
+            else model.runner
         pipe.scheduler = schedulers.make_scheduler(request.scheduler, model.scheduler_config, seeds)
         chart = copy.deepcopy(pipe.scheduler)  # the schedule chart's: a copy (DPM++ SDE's is slow to make)
         if start is not None:
@@ -206,6 +219,9 @@ class PipelineManager:
         # 3. img2img input, upright RGB at the requested size
         if model.unconditional:
             pass
+        elif request.is_inpaint:
+            inpaint = inpainting.Inpainting.of(request, width, height)
+            kwargs |= inpaint.pipeline_kwargs()
         elif request.is_img2img and start is None:
             kwargs |= {"image": images.prepare(request.image, width, height), "strength": request.strength}
         else:
@@ -245,6 +261,8 @@ class PipelineManager:
         if not np.isfinite(pixels).all():
             raise StudioError(f"The model produced NaN pixels in {devices.dtype_name(self.dtype)}; "
                               "try --dtype float32 (or bfloat16), or a VAE that works in float16.")
+        if request.is_inpaint:  # outside the mask, the input's own pixels
+            pixels = inpaint.paste_back(pixels)
         finished = time.perf_counter()
         ran = len(recorder.trajectory.steps) - len(start.steps if start is not None else ())
         if recorder.trajectory.final is not None:  # fast previews learn the colours it drew

@@ -81,7 +81,8 @@ def extra_fields(request) -> dict:
     any other when it is set to something but its default."""
     extra = {}
     for field in FIELDS:
-        if field.infotext is None or field.infotext in HEAD or (field.img2img and not request.is_img2img):
+        if field.infotext is None or field.infotext in HEAD or (field.img2img and not request.is_img2img) \
+                or (field.inpaint and not request.is_inpaint):
             continue
         value = getattr(request, field.name)
         if field.img2img or value not in (None, field.default):
@@ -199,7 +200,7 @@ def request_fields(values: dict[str, str]) -> tuple[dict, list[str]]:
     settings = [k for k in values if k not in ("Prompt", "Negative prompt")]
     if settings:  # what A1111 leaves out when it is not used: the batch of 1, no variation, no clip skip
         fields |= {f.name: f.default for f in FIELDS if f.infotext and f.infotext not in values
-                   and (f.infotext == "Batch size" or f.infotext not in HEAD and not f.img2img)}
+                   and (f.infotext == "Batch size" or f.infotext not in HEAD and not f.img2img and not f.inpaint)}
     for field in [f for f in NUMERIC_FIELDS if f in values]:
         try:
             fields[NUMERIC_FIELDS[field].name] = checked_value(field, values[field])

@@ -121,9 +121,11 @@ def check_field(field: Field, value):
 
 def check_inputs(request: GenerationRequest) -> GenerationRequest:
     """The request with each field as its type; StudioError names the first bad field and value."""
+    if request.is_inpaint and not request.is_img2img:
+        raise StudioError("mask_image: a mask needs the picture it masks (image, as in image to image).")
     checked = {f.name: check_field(f, getattr(request, f.name)) for f in FIELDS
-               if request.is_img2img or not f.img2img}
-    if request.is_img2img:
+               if (request.is_img2img or not f.img2img) and (request.is_inpaint or not f.inpaint)}
+    if request.is_img2img and request.run_strength == checked["strength"]:
         check_steps_left(checked["num_inference_steps"], checked["strength"])
     return dataclasses.replace(request, **checked)
 

@@ -86,6 +86,16 @@ def test_img2img_takes_its_picture_with_or_without_a_data_url_prefix():
         assert request.strength == 0.5
 
 
+def test_an_img2img_mask_is_inpainting_with_a1111s_options():
+    body = {"init_images": [png_base64()], "mask": png_base64((255, 255, 255)), "inpainting_fill": 2,
+            "inpaint_full_res": True, "mask_blur": 8, "inpainting_mask_invert": 1}
+    request, = payloads.plan(body, img2img=True)
+    assert (request.masked_content, request.inpaint_only_masked, request.mask_blur) == ("latent noise", True, 8)
+    assert request.mask_image.getextrema() == (0, 0)  # white, inverted
+    assert payloads.plan({**body, "inpainting_fill": None}, img2img=True)[0].masked_content == "original"
+    assert not payloads.plan({"mask": png_base64()}, img2img=False)[0].is_inpaint  # txt2img has no mask
+
+
 @pytest.mark.parametrize("body, field", [
     ({}, "init_images"),
     ({"init_images": []}, "init_images"),
@@ -93,7 +103,8 @@ def test_img2img_takes_its_picture_with_or_without_a_data_url_prefix():
     ({"init_images": [base64.b64encode(b"not a picture").decode()]}, "init_images[0]"),
     ({"init_images": ["/etc/passwd"]}, "init_images[0]"),  # never taken for a path
     ({"init_images": [png_base64()], "denoising_strength": 0.01, "steps": 20}, "denoising_strength"),
-    ({"init_images": [png_base64()], "mask": png_base64()}, "mask"),
+    ({"init_images": [png_base64()], "mask": png_base64(), "inpainting_fill": 0}, "inpainting_fill"),
+    ({"init_images": [png_base64()], "mask": "not a picture"}, "mask"),
 ])
 def test_img2img_refuses_a_missing_or_bad_picture_by_name(body, field):
     with pytest.raises(payloads.FieldError) as caught:

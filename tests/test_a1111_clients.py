@@ -89,6 +89,19 @@ def test_webuiapi_img2img_keeps_the_picture_at_low_strength(warm):
     assert np.abs(pixels(result.image).astype(int) - pixels(start)).mean() < 40
 
 
+def test_webuiapi_inpaints_with_a_mask_and_keeps_the_rest(warm):
+    start = Image.new("RGB", (64, 64), (20, 40, 230))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    result = client(warm).img2img(images=[start], mask_image=mask, inpainting_fill=1, mask_blur=0,
+                                  prompt="a large yellow square in the center on a blue background",
+                                  denoising_strength=1.0, steps=20, seed=2, width=64, height=64)
+    made, inside = pixels(result.image).astype(int), np.asarray(mask) > 0
+    assert np.abs(made - pixels(start))[~inside].max() == 0
+    assert (made[inside][:, 0] > 150).mean() > 0.3  # yellow painted in the mask
+    assert "Masked content: original" in result.info["infotexts"][0]
+
+
 def test_webuiapi_reads_progress_with_a_current_image_during_a_run(warm):
     api = client(warm)
     run = in_background(api.txt2img, prompt=PROMPT, steps=150, seed=4, width=64, height=64)

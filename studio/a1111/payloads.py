@@ -17,6 +17,8 @@ import dataclasses
 import json
 import re
 
+from PIL import ImageOps
+
 from studio import __version__, images, metadata, schedulers
 from studio.errors import StudioError, bad_argument
 from studio.fields import BY_A1111, FIELD, MAX_BATCH_COUNT
@@ -102,8 +104,8 @@ def plan(body, img2img: bool) -> list[GenerationRequest]:
             check_steps_left(steps, strength)
         except StudioError as exc:
             raise FieldError("denoising_strength", strength, str(exc).replace("strength=", "denoising_strength=", 1)) from exc
-    if body.get("mask") is not None:
-        raise FieldError("mask", "<picture>", "mask: inpainting is not in the studio yet; send no mask.")
+    if img2img and body.get("mask") is not None:
+        values |= mask_fields(body)
     count = body.get("n_iter")
     count = 1 if count is None else count
     try:
@@ -111,6 +113,26 @@ def plan(body, img2img: bool) -> list[GenerationRequest]:
     except StudioError as exc:
         raise FieldError("n_iter", count, str(exc)) from exc
     return batches(GenerationRequest(**values), int(count))
+
+
+FILLS = {1: "original", 2: "latent noise"}  # A1111's inpainting_fill: 0 fill, 1 original, 2 latent noise, 3 latent nothing
+
+
+def mask_fields(body: dict) -> dict:
+    """Inpainting: A1111's mask (inverted with inpainting_mask_invert), inpainting_fill and
+    inpaint_full_res as the studio's mask_image, masked_content and inpaint_only_masked."""
+    mask = decoded_image(body["mask"], "mask").convert("L")
+    if body.get("inpainting_mask_invert") not in (None, 0, False):
+        mask = ImageOps.invert(mask)
+    fill = body.get("inpainting_fill")
+    fill = 1 if fill is None else fill
+    if fill not in FILLS or isinstance(fill, bool):
+        raise FieldError("inpainting_fill", fill, str(bad_argument(
+            "inpainting_fill", fill, "1 (original) or 2 (latent noise): the studio has no fill or latent nothing")))
+    only = body.get("inpaint_full_res")
+    if only is not None and not isinstance(only, (bool, int)):
+        raise FieldError("inpaint_full_res", only, str(bad_argument("inpaint_full_res", only, "true or false")))
+    return {"mask_image": mask, "masked_content": FILLS[fill], "inpaint_only_masked": bool(only)}
 
 
 def init_image(body: dict):
