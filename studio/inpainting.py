@@ -81,3 +81,22 @@ class Inpainting:
                                             dtype=np.float32) / 255
             out.append(keep * (1 - weight) + full * weight)
         return np.stack(out)
+
+
+def run_mask(request) -> Image.Image | None:
+    """An inpainting run's mask at the run's size (None for any other run), for the viewer."""
+    if not request.is_inpaint:
+        return None
+    return prepare_mask(request.mask_image, request.image, request.width, request.height)
+
+
+def outlined(picture: Image.Image, mask: Image.Image | None) -> Image.Image:
+    """`picture` with the mask's edge drawn on it in magenta, so the viewer shows where the run
+    repaints and where it blends the kept picture back in."""
+    if mask is None:
+        return picture
+    mask = mask.resize(picture.size, Image.Resampling.NEAREST)
+    edge = np.asarray(mask) != np.asarray(mask.filter(ImageFilter.MinFilter(3)))
+    drawn = np.asarray(picture.convert("RGB")).copy()
+    drawn[edge] = (255, 0, 255)
+    return Image.fromarray(drawn)

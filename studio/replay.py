@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from studio import attention, export, lens, metadata
+from studio import attention, export, inpainting, lens, metadata
 
 HERE = Path(__file__).resolve().parent
 PLAYER_JS, PLAYER_CSS = HERE / "player.js", HERE / "player.css"
@@ -56,13 +56,14 @@ def attention_maps(trajectory, index: int) -> dict[str, str]:
 
 def frames(manager, result, decoder: str = "fast") -> dict:
     """The player's data for the first picture of `result`: x_t and x0 at every step decoded by
-    `decoder`, the captions, and the words' maps if attention was recorded."""
+    `decoder`, the captions, and the words' maps if attention was recorded; an inpainting run's
+    mask is outlined on both."""
     trajectory = result.trajectory
-    recorded = attention.recorded(trajectory)
+    recorded, mask = attention.recorded(trajectory), inpainting.run_mask(result.request)
     steps = []
     for step, (noisy, clean) in zip(trajectory.steps, export.step_pictures(manager, trajectory, decoder)):
         entry = {"caption": export.step_caption(trajectory, step.index + 1).replace("**", ""),
-                 "xt": data_uri(noisy), "x0": data_uri(clean)}
+                 "xt": data_uri(inpainting.outlined(noisy, mask)), "x0": data_uri(inpainting.outlined(clean, mask))}
         if recorded:
             entry["attention"] = attention_maps(trajectory, step.index)
         steps.append(entry)

@@ -742,3 +742,33 @@ def test_the_prompt_shows_its_token_count_and_a_long_one_is_in_chunks(page, arti
     page.screenshot(path=artifacts / "prompt-token-count.png")
     box.fill("a red circle")
     expect(counter).to_have_text("3/18 tokens")
+
+
+def test_painting_a_mask_on_the_starting_picture_repaints_only_there(page, artifacts, tmp_path):
+    start = tmp_path / "start.png"
+    Image.new("RGB", (64, 64), (30, 50, 220)).save(start)  # a blue field
+    page.click("#tab-img2img-button")
+    page.set_input_files("#img2img-image input[type=file]", start)
+    expect(page.locator("#img2img-image img").first).to_be_visible()
+    page.fill("#img2img-prompt textarea", "a large yellow square in the center on a blue background")
+    set_number(page, "img2img-strength", 1)
+    page.click("#img2img-inpaint button >> nth=0")  # open the panel
+    expect(page.locator("#img2img-mask-paint canvas").first).to_be_visible(timeout=GENERATION_SECONDS * 1000)
+    page.click("#img2img-mask-paint button[aria-label=Brush]")
+    page.locator("#img2img-mask-paint").scroll_into_view_if_needed()  # the mouse paints only in the viewport
+    canvases = page.locator("#img2img-mask-paint canvas")
+    box = max((canvases.nth(k).bounding_box() for k in range(canvases.count())),
+              key=lambda b: b["width"] * b["height"])  # the drawing canvas: the editor's largest
+    page.mouse.move(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    for k in range(11):
+        page.mouse.move(box["x"] + box["width"] * (0.35 + 0.03 * k), box["y"] + box["height"] * (0.4 + 0.02 * k), steps=3)
+    page.mouse.up()
+    page.screenshot(path=artifacts / "img2img-mask-painted.png", full_page=True)
+    page.click("#img2img-generate")
+    expect_loaded_image(page, "#img2img-gallery")
+    expect(page.locator("#img2img-info")).to_contain_text(SEED_TEXT)
+    made = picture_pixels(page, "#img2img-gallery").astype(int)
+    assert np.abs(made[:6, :6] - np.array([30, 50, 220])).max() == 0  # far from the stroke: the input's pixels
+    assert np.abs(made - np.array([30, 50, 220])).max() > 40  # under the stroke: repainted
+    page.screenshot(path=artifacts / "img2img-inpainted.png", full_page=True)

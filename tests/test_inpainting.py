@@ -119,3 +119,20 @@ def test_the_command_line_inpaints_with_mask(start, tmp_path):
     made, inside = np.asarray(Image.open(out).convert("RGB")).astype(int), np.asarray(box_mask()) > 0
     assert np.abs(made - np.asarray(start).astype(int))[~inside].max() == 0
     assert yellow_share(Image.open(out).convert("RGB"), box_mask()) > 0.2
+
+
+def test_the_viewer_outlines_the_mask_on_x_t_and_x0(bundled_manager, start):
+    import base64
+    import io
+
+    from studio import replay
+
+    result = inpaint(bundled_manager, start, box_mask(), num_inference_steps=4)
+    first = replay.frames(bundled_manager, result)["steps"][0]
+    for kind in ("xt", "x0"):
+        picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(first[kind].split(",", 1)[1]))).convert("RGB"))
+        magenta = np.all(picture == (255, 0, 255), axis=-1)
+        scale = picture.shape[0] / 64
+        assert magenta[int(12 * scale), int(30 * scale)] and not magenta[int(32 * scale), int(32 * scale)], kind
+    plain = bundled_manager.generate(GenerationRequest(prompt=YELLOW, image=start, num_inference_steps=4))
+    assert "xt" in replay.frames(bundled_manager, plain)["steps"][0]

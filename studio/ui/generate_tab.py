@@ -13,7 +13,7 @@ import gradio as gr
 from studio import fields
 from studio.errors import StudioError
 from studio.requests import GenerationRequest, batches
-from studio.ui import cache, common, form, stops, uploads
+from studio.ui import cache, common, form, masks, stops, uploads
 from studio.outputs import OutputWriter
 
 
@@ -51,6 +51,7 @@ def layout(mode: str, manager, prompt: str | None) -> dict:
                 ui["start_picture"] = gr.Image(label="Where the run starts: the picture noised by this strength",
                                                interactive=False, elem_classes="studio-picture", format="png",
                                                height=160, elem_id="img2img-start-preview")
+                ui |= masks.layout(tab)
             ui["panel"] = form.parameter_panel(tab, manager.info.native_size, manager.settings.size_factor,
                                                form.preview_choices(manager), prompt=prompt, has_text=manager.info.family != "unconditional",
                                                counter=form.token_counter(manager))
@@ -70,7 +71,11 @@ def wire_run(mode: str, manager, writer: OutputWriter, ui: dict, history: gr.Sta
     panel, generate, stop, last_seed = ui["panel"], ui["generate"], ui["stop"], gr.State(-1)
     shown = [ui["preview"], ui["gallery"], ui["info"]]
 
-    async def run(session, request: gr.Request, progress=gr.Progress(), batch_count=1, **values):
+    # The masks default to None here, so API callers may leave them out (Gradio reads the signature)
+    async def run(session, request: gr.Request, progress=gr.Progress(), batch_count=1, mask_image=None,
+                  mask_paint=None, **values):
+        if mode == "img2img":
+            values |= {"mask_image": mask_image, "mask_paint": mask_paint}
         try:
             plan = batches(request_from(mode, values), batch_count)
         except StudioError as exc:
@@ -81,8 +86,8 @@ def wire_run(mode: str, manager, writer: OutputWriter, ui: dict, history: gr.Sta
                 yield outputs
 
     # by name: the API's parameters are the request's fields (prompt, num_inference_steps, ...)
-    named = {**panel.inputs(), **({"image": ui["image"], "strength": ui["strength"]} if mode == "img2img" else {}),
-             "batch_count": panel.batch_count}
+    img2img = ("image", "strength", "mask_paint", "mask_image", *masks.OPTIONS) if mode == "img2img" else ()
+    named = {**panel.inputs(), **{name: ui[name] for name in img2img}, "batch_count": panel.batch_count}
     # Generate first clears the last run's picture and seed line and swaps the buttons, so a
     # second press cannot be lost silently and Stop is there only while something runs.
     running = generate.click(clear_for_run, outputs=[generate, stop, *shown], api_visibility="private",
@@ -98,6 +103,7 @@ def wire_run(mode: str, manager, writer: OutputWriter, ui: dict, history: gr.Sta
 def wire_starting_point(manager, ui: dict) -> None:
     """img2img: the strength note, and the picture noised to where the run starts."""
     image, strength, steps = ui["image"], ui["strength"], ui["panel"].num_inference_steps
+    image.change(masks.canvas_of, inputs=image, outputs=ui["mask_paint"], api_visibility="private", queue=False)
     for control in (strength, steps):
         control.change(strength_note, inputs=[steps, strength], outputs=ui["steps_note"],
                        api_visibility="private", queue=False)
@@ -171,4 +177,5 @@ def request_from(mode: str, values: dict) -> GenerationRequest:
     if mode == "img2img" and values.get("image") is None:
         raise gr.Error("image: upload a starting picture first.")
     seed = -1 if values.get("seed") is None else values["seed"]
-    return GenerationRequest(**{**values, "seed": seed, "preview": values.get("preview") or "none"})
+    mask = masks.mask_of(values) if mode == "img2img" else None
+    return GenerationRequest(**{**values, "seed": seed, "preview": values.get("preview") or "none"}, mask_image=mask)
