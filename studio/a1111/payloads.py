@@ -145,7 +145,8 @@ def init_image(body: dict):
 def response(body: dict, results: list, pngs: list[bytes], img2img: bool, stopped: str | None = None) -> dict:
     """A1111's answer: the PNGs (with their infotext) in base64, the request echoed, and the info
     (a JSON string) that clients read: seeds, infotexts, sizes, the sampler."""
-    parameters = {k: v for k, v in body.items() if k != "init_images"} | ({"init_images": None} if img2img else {})
+    pictures = {"init_images": None, "mask": None} if img2img else {}  # not echoed, as A1111 does
+    parameters = {k: v for k, v in body.items() if k not in pictures} | pictures
     return {"images": [base64.b64encode(png).decode("ascii") for png in pngs], "parameters": parameters,
             "info": json.dumps(info(results, stopped))}
 
