@@ -772,3 +772,14 @@ def test_painting_a_mask_on_the_starting_picture_repaints_only_there(page, artif
     assert np.abs(made[:6, :6] - np.array([30, 50, 220])).max() == 0  # far from the stroke: the input's pixels
     assert np.abs(made - np.array([30, 50, 220])).max() > 40  # under the stroke: repainted
     page.screenshot(path=artifacts / "img2img-inpainted.png", full_page=True)
+
+    page.click("#tab-viewer-button")
+    page.click("#viewer-load")
+    expect(page.locator("#viewer-caption")).to_contain_text("Step 20 of 20")
+    player = page.frame_locator("#viewer-player iframe")
+    frame = player.locator(".studio-player canvas").first
+    expect(frame).to_be_visible()
+    magenta = frame.evaluate("""c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 0; i < d.length; i += 4) n += d[i] > 240 && d[i + 1] < 20 && d[i + 2] > 240; return n; }""")
+    assert magenta > 20  # the mask's edge, outlined on x_t
+    page.screenshot(path=artifacts / "viewer-inpainted.png", full_page=True)
