@@ -782,4 +782,6 @@ def test_painting_a_mask_on_the_starting_picture_repaints_only_there(page, artif
     magenta = frame.evaluate("""c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0; for (let i = 0; i < d.length; i += 4) n += d[i] > 240 && d[i + 1] < 20 && d[i + 2] > 240; return n; }""")
     assert magenta > 20  # the mask's edge, outlined on x_t
+    shown = picture_pixels(page, "#viewer-xt")  # and on the step's own x_t picture
+    assert np.all(shown == (255, 0, 255), axis=-1).sum() > 20
     page.screenshot(path=artifacts / "viewer-inpainted.png", full_page=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio import export, replay, runs
+from studio import export, inpainting, replay, runs
 from studio.errors import StudioError
 from studio.history import SessionHistory
 from studio.ui import attention_view, cache, common, form, player, understand, uploads
@@ -56,16 +56,17 @@ DECODED_LIMIT = 4096
 decoded: OrderedDict[tuple, tuple[weakref.ref, str]] = OrderedDict()
 
 
-def step_picture(manager, trajectory, index: int, which: str, decoder: str) -> str:
-    """The file of step `index`'s x_t ("latents") or x0, decoded with `decoder`, first image."""
-    key = (id(trajectory), index, which, decoder)
+def step_picture(manager, trajectory, index: int, which: str, decoder: str, mask=None) -> str:
+    """The file of step `index`'s x_t ("latents") or x0, decoded with `decoder`, first image;
+    an inpainting run's `mask` (studio.inpainting.run_mask) outlined on it."""
+    key = (id(trajectory), index, which, decoder, mask is not None)
     known = decoded.get(key)
     if known is not None and known[0]() is trajectory and Path(known[1]).exists():
         decoded.move_to_end(key)
         return known[1]
     latents = getattr(trajectory.steps[index], which)[:1]
     try:
-        path = cache.picture_file(manager.decode(latents, decoder)[0])
+        path = cache.picture_file(inpainting.outlined(manager.decode(latents, decoder)[0], mask))
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     decoded[key] = (weakref.ref(trajectory), path)
@@ -76,14 +77,15 @@ def step_picture(manager, trajectory, index: int, which: str, decoder: str) -> s
 
 def show_step(manager, history, choice, step, decoder):
     """x_t, x0, the caption and the schedule chart for 1-based `step` of the chosen run."""
-    trajectory = pick(history, choice).trajectory
+    result = pick(history, choice)
+    trajectory, mask = result.trajectory, inpainting.run_mask(result.request)
     if not trajectory.steps:
         raise gr.Error("This run recorded no steps.")
     number = common.whole_index("step", step) if step else len(trajectory.steps)
     if not 1 <= number <= len(trajectory.steps):
         raise gr.Error(f"step={step!r} is not allowed: expected 1 to {len(trajectory.steps)}.")
-    clean = step_picture(manager, trajectory, number - 1, "x0", decoder)  # x0 first: it is what people look at
-    noisy = step_picture(manager, trajectory, number - 1, "latents", decoder)
+    clean = step_picture(manager, trajectory, number - 1, "x0", decoder, mask)  # x0 first: it is what people look at
+    noisy = step_picture(manager, trajectory, number - 1, "latents", decoder, mask)
     chart = cache.picture_file(export.schedule_chart(trajectory, number - 1))
     return noisy, clean, export.step_caption(trajectory, number), chart
 
