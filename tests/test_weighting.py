@@ -109,3 +109,13 @@ def test_a_long_prompt_is_not_cut_and_warns_nothing(bundled_manager):
     result = bundled_manager.generate(GenerationRequest(prompt="a large red circle on a blue background " * 4,
                                                         num_inference_steps=2, seed=1))
     assert result.warnings == []
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_a_weighted_prompt_runs_end_to_end_and_changes_the_picture(make_manager, tiny_dirs, family):
+    manager = make_manager(tiny_dirs[family])
+    steps = dict(num_inference_steps=2, seed=3, negative_prompt="blurry")
+    plain = manager.generate(GenerationRequest(prompt=tiny.PROMPT, **steps))
+    weighted = manager.generate(GenerationRequest(prompt=f"({tiny.PROMPT}:1.4) BREAK a cat", **steps))
+    assert weighted.images[0].size == plain.images[0].size
+    assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(weighted.images[0]))
