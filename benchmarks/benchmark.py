@@ -23,7 +23,7 @@ from pathlib import Path
 from studio.config import DEFAULT_MODEL
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "10", "11", "12", "13", "14")  # 9, the headline, comes with 1
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "10", "11", "12", "13", "14", "15")  # 9, the headline, comes with 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +96,7 @@ def in_process_sections(run: Run, manager, plan) -> None:
     run.section("10", "what branching and the CFG lens keep", generation.kept_state, manager, plan)
     run.section("11", "what recording attention costs", explain.attention_cost, manager, plan)
     run.section("14", "what prompt weighting costs", explain.weighting_cost, manager, plan)
+    run.section("15", "what a loaded LoRA costs", explain.lora_cost, manager, plan)
 
 
 def serving_sections(run: Run, manager, plan) -> None:

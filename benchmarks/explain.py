@@ -1,4 +1,4 @@
-"""Section 11 of the benchmark: what the explainer's attention recording costs.
+"""Sections 11, 14 and 15 of the benchmark: what attention recording, prompt weighting and a loaded LoRA cost.
 
 Recording attention (studio.attention) runs softmax(QK^T) a second time beside each cross-
 attention layer, for the conditional half, and keeps one map per prompt token per step. Off, no
@@ -57,6 +57,37 @@ def weighting_cost(manager, plan: p.Plan) -> list[Figure]:
             Figure("14", "two-chunk prompt / plain prompt", "x", ratio(times["two chunks"], times["plain"]),
                    note="twice the text encoder, and twice the keys in every cross-attention")]
 
+
+
+# ----- 15: LoRA --------------------------------------------------------------------------------
+def lora_cost(manager, plan: p.Plan) -> list[Figure]:
+    """Section 15: a run with the bundled shift-left LoRA loaded and active (studio.loras) against
+    one without (none loaded: a run that names none unloads them); and loading it, which the first
+    run that names it pays."""
+    import time
+
+    base = studio_request(manager)
+    picked = manager.loras.resolve([("shift-left", 1.0)])
+
+    def after(prepare, request):
+        timed = studio_run(manager, request)
+        return lambda: (prepare(), timed())[1]  # the LoRA loaded, or unloaded, before the clock starts
+
+    runs = {"LoRA": after(lambda: manager.loaded.adapters.use(picked), dataclasses.replace(base, loras="shift-left:1")),
+            "none": after(manager.unload_loras, base)}
+    times = {k: Stats.of(v["seconds"]) for k, v in interleave(runs, 2 * plan.repeats).items()}
+    loads = []
+    for _ in range(plan.repeats):
+        manager.unload_loras()
+        started = time.perf_counter()
+        manager.loaded.adapters.use(picked)
+        loads.append(time.perf_counter() - started)
+    manager.unload_loras()
+    size = picked[0].path.stat().st_size / 1e6
+    return [Figure("15", "run with a loaded LoRA / without", "x", ratio(times["LoRA"], times["none"]),
+                   note=f"{p.STEPS} steps; rank-8 adapters on the UNet's attention and convolutions (peft)"),
+            Figure("15", "loading the LoRA (once, by the first run that names it)", "s", Stats.of(loads),
+                   note=f"load_lora_weights + set_adapters, a {size:.2f} MB file")]
 
 # ----- 12: scrub at screen speed ---------------------------------------------------------------
 # In the player's document (its iframe): move its slider to step k, then wait for the next paint (a task queued from

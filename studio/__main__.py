@@ -76,6 +76,10 @@ def add_field_arguments(parser: argparse.ArgumentParser) -> None:
         if field.kind is bool:
             parser.add_argument(field.flag, dest=field.name, action="store_true", help=hint or None)
             continue
+        if field.name == "loras":  # --lora NAME:W, once per LoRA
+            parser.add_argument(field.flag, dest=field.name, action="append", default=[], metavar="NAME:WEIGHT",
+                                help="a LoRA from --lora-dir and its weight (default 1); repeat for more")
+            continue
         parser.add_argument(field.flag, dest=field.name, type=field.kind, default=field.default,
                             required=field.name == "prompt", help=hint or None,
                             metavar=field.flag[2:].upper().replace("-", "_"), **options)
@@ -83,6 +87,7 @@ def add_field_arguments(parser: argparse.ArgumentParser) -> None:
 
 def request_from(args: argparse.Namespace) -> GenerationRequest:
     named = {f.name: getattr(args, f.name) for f in fields.FIELDS if f.flag is not None}
+    named["loras"] = ", ".join(named["loras"])
     return GenerationRequest(**named, image=args.init_image, mask_image=args.mask)
 
 
@@ -99,7 +104,7 @@ def generate(args: argparse.Namespace) -> None:
                                device=args.device,
                                dtype=args.dtype, attention_slicing=args.attention_slicing,
                                vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling,
-                               cpu_offload=args.cpu_offload, trust_pickle=args.trust_pickle,
+                               cpu_offload=args.cpu_offload, trust_pickle=args.trust_pickle, lora_dir=args.lora_dir,
                                size_factor=args.size_factor, cache_dir=args.cache_dir)
     plan = batches(request_from(args), args.batch_count)  # a bad --batch-count fails before loading
     manager = PipelineManager(settings)
@@ -192,7 +197,8 @@ def run_manager(args: argparse.Namespace, result):
     from studio.manager import PipelineManager
 
     manager = PipelineManager(config.Settings(model=args.model or result.model, device=args.device,
-                                              dtype=args.dtype, tiny_vae=args.tiny_vae, cache_dir=args.cache_dir))
+                                              dtype=args.dtype, tiny_vae=args.tiny_vae, cache_dir=args.cache_dir,
+                                              lora_dir=args.lora_dir, trust_pickle=args.trust_pickle))
     manager.load()
     manager.check_same_model(result)
     return manager

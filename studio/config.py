@@ -15,6 +15,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = str(REPO_ROOT / "models" / "tiny-shapes")
+DEFAULT_LORA_DIR = str(REPO_ROOT / "models" / "loras")  # holds the bundled model's shift-left LoRA
 ATTENTION_SLICING = ("off", "auto", "max")
 PREVIEWS = ("none", "fast", "tiny", "full")
 
@@ -31,6 +32,7 @@ class Settings:
     vae_tiling: bool = False
     cpu_offload: bool = False
     trust_pickle: bool = False
+    lora_dir: str = DEFAULT_LORA_DIR   # LoRA .safetensors files, picked by name (studio.loras)
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
@@ -118,6 +120,7 @@ def add_model_arguments(p: argparse.ArgumentParser, d: dict) -> None:
     p.add_argument("--cpu-offload", action=argparse.BooleanOptionalAction, default=d["cpu_offload"], help="model CPU offload (needs an accelerator)")
     p.add_argument("--size-factor", type=float, default=d["size_factor"], help="widths and heights up to this many times the model's native size (default 4; raise it for local use)")
     p.add_argument("--cache-dir", default=d["cache_dir"], help="folder for what the studio can recompute, such as fitted preview maps (default: ~/.cache/diffusion-studio)")
+    p.add_argument("--lora-dir", default=d["lora_dir"], help="folder of LoRA .safetensors files, picked by file name (default: models/loras, with the bundled model's shift-left)")
     p.add_argument("--trust-pickle", action=argparse.BooleanOptionalAction, default=d["trust_pickle"], help="allow loading pickle checkpoints (.ckpt .bin .pt .pth), which can run code")
 
 

@@ -6,7 +6,7 @@ AUTOMATIC1111 infotext key, its command-line flag and, if the X/Y plot can sweep
 label. From this table come `requests.check_inputs`, the UI's controls and the API's named
 parameters, the CLI's flags, the PNG "parameters" writer and reader, and the X/Y axes. A new
 field is a row here, plus whatever the manager does with it. This module imports nothing of the
-studio but the sampler names, and nothing of Gradio or torch.
+studio but the sampler names and the LoRA syntax, and nothing of Gradio or torch.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import dataclasses
 
 from PIL import Image
 
-from studio import schedulers
+from studio import loras, schedulers
 from studio.config import PREVIEWS
 
 MAX_STEPS = 150
@@ -48,6 +48,7 @@ class Field:
     multiple_of: int = 1
     row: str = ""                  # the UI lays fields of one row side by side
     ui_default: object = None      # the UI's value where it differs from the request's (not None)
+    normalise: object = None       # str fields: text -> the studio's form of it, or StudioError naming it
 
     @property
     def shown(self):
@@ -70,6 +71,8 @@ FIELDS: tuple[Field, ...] = (
           ui_default="a small red circle at the top left on a blue background"),  # the bundled model draws it
     Field("negative_prompt", str, "", "Negative prompt", "what the picture should not have",
           a1111="negative_prompt", flag="--negative-prompt"),
+    Field("loras", str, "", "LoRA", "name:weight, ... of LoRA files in --lora-dir; <lora:name:weight> in the "
+          "prompt adds one", infotext="LoRA", flag="--lora", normalise=loras.normalise),
     Field("num_inference_steps", int, 20, "Steps", "denoising steps: more is slower, usually finer",
           1, MAX_STEPS, 1, infotext="Steps", a1111="steps", flag="--steps", axis="Steps", row="sampling"),
     Field("guidance_scale", float, 7.5, "Guidance (CFG scale)", "how strongly to follow the prompt",
@@ -112,7 +115,7 @@ FIELDS: tuple[Field, ...] = (
 )
 FIELD = {f.name: f for f in FIELDS}
 # The fields a generation tab shows and the API takes, in the order the panel lays them out
-PANEL = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "width", "height",
+PANEL = ("prompt", "negative_prompt", "loras", "num_inference_steps", "guidance_scale", "width", "height",
          "scheduler", "num_images_per_prompt", "seed", "subseed", "subseed_strength", "preview", "record_attention")
 # What a branch may change when it carries a run on from a step (studio.branching); the rest is the parent's.
 BRANCHABLE = ("prompt", "negative_prompt", "guidance_scale", "scheduler", "seed")
@@ -139,6 +142,7 @@ class GenerationRequest:
     and the img2img picture."""
     prompt: str = default("prompt")
     negative_prompt: str = default("negative_prompt")
+    loras: str = default("loras")                   # "name:weight, ..." (studio.loras)
     num_inference_steps: int = default("num_inference_steps")
     guidance_scale: float = default("guidance_scale")
     width: int | None = default("width")            # None: the model's native size

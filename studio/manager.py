@@ -23,7 +23,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from studio import attention as studio_attention
-from studio import devices, forward, images, inpainting, models, noise, prompts, runcard, schedulers, streams
+from studio import devices, forward, images, inpainting, loras, models, noise, prompts, runcard, schedulers, streams
 from studio.config import Settings
 from studio.errors import GenerationCancelled, StudioError
 from studio.previews import PreviewDecoder
@@ -44,6 +44,14 @@ class LoadedModel:
     _img2img: object | None = None
     _inpaint: object | None = None
     _runner: object | None = None
+    _adapters: object | None = None
+
+    @property
+    def adapters(self) -> loras.Adapters:
+        """The LoRA adapters on this model's pipelines (studio.loras)."""
+        if self._adapters is None:
+            self._adapters = loras.Adapters(self.txt2img, self.source.name)
+        return self._adapters
 
     @property
     def unconditional(self) -> bool:
@@ -104,6 +112,7 @@ class PipelineManager:
         # --no-save (a Space's default) writes nothing to disk: the fitted preview maps stay in memory
         self.previews = PreviewDecoder(self.settings.tiny_vae, None if self.settings.no_save else self.settings.cache_dir)
         self._forward = forward.ForwardProcess()
+        self.loras = loras.Library(self.settings.lora_dir, self.settings.trust_pickle)
         # One long-lived thread runs every streamed generation. A fresh thread per run starts a
         # fresh OpenMP team, and the benchmark measured such runs 1.9x slower on 2 CPU cores.
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="studio-generate")
@@ -212,9 +221,13 @@ class PipelineManager:
         request = dataclasses.replace(request, width=width, height=height, seed=base_seed)
         check_limits(request, model.native_size, self.settings.size_factor, self.settings.public)
 
-        # 2. Prompts: A1111's weights and long prompts in chunks (studio.weighting); clip_skip done right
-        kwargs = {} if model.unconditional else \
-            prompts.prompt_kwargs(pipe, request.prompt, request.negative_prompt, request.clip_skip)
+        # 2. LoRAs, then the prompts: A1111's weights and long prompts in chunks (studio.weighting)
+        picked = self.loras.resolve(loras.selection(request.loras, request.prompt))
+        model.adapters.use(picked)
+        kwargs = {} if model.unconditional else prompts.prompt_kwargs(
+            pipe, loras.strip_tags(request.prompt), loras.strip_tags(request.negative_prompt), request.clip_skip)
+        if loras.tags(request.negative_prompt):
+            warnings.append("The negative prompt's <lora:...> tags were left out: a LoRA is picked in the prompt.")
 
         # 3. img2img input, upright RGB at the requested size
         if model.unconditional:
@@ -272,9 +285,14 @@ class PipelineManager:
             model=model.source.name, model_hash=model.hash, device=self.device,
             dtype=devices.dtype_name(self.dtype), warnings=warnings, trajectory=recorder.trajectory,
             scheduler_name=schedulers.name_of(pipe.scheduler), lineage=start.lineage if start is not None else None,
-            card=runcard.of(pipe, self.device, devices.dtype_name(self.dtype)),
+            card=runcard.of(pipe, self.device, devices.dtype_name(self.dtype), picked),
             timings={"total": finished - started, "denoise_and_decode": finished - denoise_started,
                      "steps": ran, "seconds_per_step": (finished - denoise_started) / max(ran, 1)})
+
+    def unload_loras(self) -> None:
+        """Take every LoRA adapter off the loaded model (a run that names none does this too)."""
+        with self._lock:
+            self._require_model().adapters.unload()
 
     def forward_process(self, image, **options) -> forward.ForwardResult:
         """`image` noised the way a run does it (studio.forward.ForwardProcess), under the lock."""

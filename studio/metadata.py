@@ -206,6 +206,11 @@ def request_fields(values: dict[str, str]) -> tuple[dict, list[str]]:
             fields[NUMERIC_FIELDS[field].name] = checked_value(field, values[field])
         except StudioError as exc:
             notes.append(f"{field}: {values[field]!r} cannot be used: {exc} It was left as it was.")
+    for field in [f for f in FIELDS if f.kind is str and f.infotext in values and f.infotext != "Sampler"]:
+        try:  # LoRA, Masked content
+            fields[field.name] = check_field(field, values[field.infotext])
+        except StudioError as exc:
+            notes.append(f"{field.infotext}: {values[field.infotext]!r} cannot be used: {exc} It was left as it was.")
     if "Size" in values:
         fields.update(size_fields(values["Size"], notes))
     if "Sampler" in values:

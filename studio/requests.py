@@ -105,7 +105,7 @@ def check_field(field: Field, value):
         return value
     if field.kind is str:
         check_text(field.name, value)
-        return value
+        return value if field.normalise is None else field.normalise(value)
     if field.kind is bool:
         if not isinstance(value, bool):
             raise bad_argument(field.name, value, field.expected)

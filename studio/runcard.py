@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from studio import branching, metadata
+from studio import branching, loras, metadata
 from studio.errors import StudioError
 from studio.requests import GenerationRequest
 
-KEYS = ("Diffusers", "Torch", "Device", "Dtype", "Attention", "RNG", "Model hash", "Version")
+KEYS = ("Diffusers", "Torch", "Device", "Dtype", "Attention", "RNG", "Model hash", "Lora hashes", "Version")
 BACKENDS = {"AttnProcessor2_0": "SDPA", "AttnProcessor": "classic", "SlicedAttnProcessor": "sliced",
             "XFormersAttnProcessor": "xformers", "AttnAddedKVProcessor2_0": "SDPA", "AttnAddedKVProcessor": "classic"}
 
@@ -25,12 +25,15 @@ def attention_backend(denoiser) -> str:
     return "+".join(names) or "none"
 
 
-def of(pipe, device: str, dtype: str) -> dict[str, str]:
+def of(pipe, device: str, dtype: str, picked=()) -> dict[str, str]:
+    """The card of a run on `pipe`; `picked`, its LoRAs (studio.loras.Picked), adds A1111's
+    `Lora hashes`."""
     import diffusers
     import torch
 
-    return {"Diffusers": diffusers.__version__, "Torch": torch.__version__, "Device": device, "Dtype": dtype,
+    card = {"Diffusers": diffusers.__version__, "Torch": torch.__version__, "Device": device, "Dtype": dtype,
             "Attention": attention_backend(getattr(pipe, "unet", None)), "RNG": "CPU"}
+    return card | ({"Lora hashes": loras.hashes_text(picked)} if picked else {})
 
 
 def reproduce(manager, values: dict[str, str], parent_run: str = ""):

@@ -4,6 +4,7 @@
   it, `[word]` divides it by 1.1; `\\(`, `\\)`, `\\[`, `\\]` and `\\\\` are literal; an unclosed
   bracket weights the rest of the prompt, a stray closing one is text (as in A1111).
 - `BREAK` (upper case, a word of its own) ends the chunk, padding it out.
+- `<lora:name:weight>` picks a LoRA (studio.loras) and is not part of the text.
 - A prompt longer than the text encoder's window is encoded in chunks of the window minus its
   start and end tokens (75 for CLIP's 77; 18 for the bundled model's 20), each encoded on its own,
   and the chunks' embeddings are concatenated; the negative prompt gets as many chunks (empty ones
@@ -21,6 +22,8 @@ import re
 
 import torch
 
+from studio import loras
+
 UP = 1.1
 SYNTAX = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()\[\]:]+|:")
 BREAK = re.compile(r"\s*\bBREAK\b\s*")
@@ -29,6 +32,7 @@ Fragments = list  # [(text, weight)], with ("BREAK", -1.0) where a chunk ends
 
 def parse(text: str) -> Fragments:
     """[(text, weight), ...] of a prompt in A1111's syntax, neighbours of one weight merged."""
+    text = loras.strip_tags(text)  # <lora:name:weight> picks a LoRA (studio.loras); it is not text
     out: list[list] = []
     round_open, square_open = [], []
 

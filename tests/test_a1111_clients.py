@@ -201,7 +201,7 @@ def test_sillytavern_lists_what_it_needs_polls_progress_and_interrupts_on_discon
 
 def test_empty_lists_and_scripts_answer_valid_json(warm):
     base = sdapi(warm)
-    for route in ("upscalers", "latent-upscale-modes", "sd-vae", "loras"):
+    for route in ("upscalers", "latent-upscale-modes", "sd-vae"):
         assert requests.get(base + route).json() == []
     assert requests.get(base + "scripts").json() == {"txt2img": [], "img2img": []}
 
@@ -239,6 +239,23 @@ def test_txt2img_through_sdapi_gives_the_pixels_of_the_studios_own_txt2img(warm)
     _, gallery, _ = gradio.predict(**values, num_inference_steps=12, guidance_scale=6.5, scheduler="DPM++ 2M",
                                    api_name="/txt2img")
     assert np.array_equal(pixels(api["images"][0]), pixels(Image.open(gallery[0]["image"])))
+
+
+def test_a_prompts_lora_tag_through_sdapi_is_the_ui_clients_picked_lora(warm):
+    """GET loras lists the bundled LoRA by name (its path inside --lora-dir, never the server's);
+    `<lora:name:w>` in an A1111 prompt gives the pixels of the Gradio API's `loras` field."""
+    listed = requests.get(sdapi(warm) + "loras").json()
+    assert listed == [{"name": "shift-left", "alias": "shift-left", "path": "shift-left.safetensors", "metadata": {}}]
+    values = {"prompt": "a large red circle at the right on a blue background", "seed": 5, "steps": 10}
+    api = requests.post(sdapi(warm) + "txt2img", json={**values, "prompt": values["prompt"] + " <lora:shift-left:0.8>"},
+                        timeout=RUN_SECONDS).json()
+    assert 'Lora hashes: "shift-left: ' in json.loads(api["info"])["infotexts"][0]
+    gradio = Client(warm[0], verbose=False)
+    _, gallery, _ = gradio.predict(prompt=values["prompt"], seed=5, num_inference_steps=10, loras="shift-left:0.8",
+                                   api_name="/txt2img")
+    assert np.array_equal(pixels(api["images"][0]), pixels(Image.open(gallery[0]["image"])))
+    plain = requests.post(sdapi(warm) + "txt2img", json=values, timeout=RUN_SECONDS).json()
+    assert not np.array_equal(pixels(plain["images"][0]), pixels(api["images"][0]))
 
 
 def test_three_api_clients_and_a_ui_client_at_once_each_get_their_own_picture(warm):

@@ -785,3 +785,40 @@ def test_painting_a_mask_on_the_starting_picture_repaints_only_there(page, artif
     shown = picture_pixels(page, "#viewer-xt")  # and on the step's own x_t picture
     assert np.all(shown == (255, 0, 255), axis=-1).sum() > 20
     page.screenshot(path=artifacts / "viewer-inpainted.png", full_page=True)
+
+
+def test_the_lora_picker_sets_weights_and_the_run_uses_them(page, bundled_manager, artifacts):
+    prompt = "a large red circle at the right on a blue background"
+    page.fill("#txt2img-prompt textarea", prompt)
+    page.click("#txt2img-lora button >> nth=0")  # open the accordion
+    page.locator("#txt2img-lora-pick input").click()
+    page.locator("#txt2img-lora-pick [role=option][aria-label='shift-left']").click()
+    expect(page.locator("#txt2img-loras textarea")).to_have_value("shift-left:1")
+    expect(page.locator("#txt2img-lora-weight-0")).to_contain_text("shift-left weight")
+    expect(page.locator("#txt2img-lora-weight-1")).to_be_hidden()
+    set_number(page, "txt2img-lora-weight-0", 0.5)
+    expect(page.locator("#txt2img-loras textarea")).to_have_value("shift-left:0.5")
+    seed_box = page.locator("#txt2img-seed input")
+    seed_box.fill("7")
+    seed_box.press("Enter")
+    page.click("#txt2img-generate")
+    expect(page.locator("#txt2img-info")).to_contain_text("LoRA shift-left 0.5", timeout=GENERATION_SECONDS * 1000)
+    expected = bundled_manager.generate(GenerationRequest(prompt=prompt, seed=7, loras="shift-left:0.5"))
+    assert np.array_equal(picture_pixels(page, "#txt2img-gallery"), np.asarray(expected.images[0]))
+    page.screenshot(path=artifacts / "txt2img-lora-picker.png", full_page=True)
+
+
+def test_a_png_with_a_lora_sent_to_txt2img_sets_the_picker(page, bundled_manager, artifacts, tmp_path):
+    made = bundled_manager.generate(GenerationRequest(prompt="a large blue square on a white background", seed=2,
+                                                      loras="shift-left:0.7"))
+    [png] = OutputWriter(tmp_path).write(made)
+    page.click("#tab-pnginfo-button")
+    drop_file(page, "#pnginfo-image button[aria-label*=Drop]", Path(png))
+    expect(page.locator("#pnginfo-fields")).to_contain_text("Lora hashes")
+    page.click("#pnginfo-to-txt2img")
+    expect_tab_selected(page, "txt2img")
+    expect(page.locator("#txt2img-lora")).to_contain_text("LoRA: shift-left:0.7")  # its title, and opened
+    expect(page.locator("#txt2img-loras textarea")).to_have_value("shift-left:0.7")
+    expect(page.locator("#txt2img-lora-weight-0 input[type=number]")).to_have_value("0.7")
+    expect(page.locator("#txt2img-lora-pick")).to_contain_text("shift-left")
+    page.screenshot(path=artifacts / "pnginfo-lora-sent-to-txt2img.png", full_page=True)

@@ -222,6 +222,34 @@ class Denoiser(torch.nn.Module):
         return self.unet(noisy, timesteps, self.text_encoder(ids).last_hidden_state).sample
 
 
+class VLoss:
+    """The denoiser's loss: v-prediction (Salimans & Ho 2022) with min-SNR weights, on timesteps
+    drawn uniformly plus HIGH_NOISE_SHARE from the noisiest; per-pixel weights (foreground_weights)."""
+
+    def __init__(self):
+        self.alphas_cumprod = architecture.build_scheduler().alphas_cumprod  # (1000,), last ~0
+        snr = self.alphas_cumprod / (1 - self.alphas_cumprod)
+        # Min-SNR for a v target, in its "snr + 1" form: full weight at high noise, where the layout
+        # and colours are decided (the plain form would give the zero-SNR step no weight at all).
+        self.weights = torch.clamp(snr + 1, max=MIN_SNR_GAMMA) / (snr + 1)
+
+    def timesteps(self, n: int, g: torch.Generator) -> torch.Tensor:
+        steps = len(self.alphas_cumprod)
+        t = torch.randint(0, steps, (n,), generator=g)
+        high = torch.rand(n, generator=g) < HIGH_NOISE_SHARE
+        return torch.where(high, torch.randint(HIGH_NOISE_FROM, steps, (n,), generator=g), t)
+
+    def __call__(self, model, x0, t, cond, w, g: torch.Generator, device: str) -> torch.Tensor:
+        noise = torch.randn(x0.shape, generator=g)
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+        pred = model(noisy.to(device), t.to(device), cond.to(device))
+        w = w.to(device)  # (b, 1, 16, 16), the same for each channel
+        per_sample = (((pred - target.to(device)) ** 2) * w).sum(dim=(1, 2, 3)) / (w.sum(dim=(1, 2, 3)) * pred.shape[1])
+        return (per_sample * self.weights[t].to(device)).mean()
+
+
 def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
                    pixel_weights: torch.Tensor, vocab_size: int, generator: torch.Generator) -> Denoiser:
     model = Denoiser(architecture.build_unet(args.scale, args.deep_attention),
@@ -229,32 +257,17 @@ def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, empty_ids: to
     # The word table stays as drawn: trained, v1's words for place collapsed together (top and
     # bottom at cosine 0.76, left and right 0.96) long before the UNet could use them.
     model.text_encoder.get_input_embeddings().weight.requires_grad_(False)
-    alphas_cumprod = architecture.build_scheduler().alphas_cumprod  # (1000,), last ~0
-    snr = alphas_cumprod / (1 - alphas_cumprod)
-    # Min-SNR for a v target, in its "snr + 1" form: full weight at high noise, where the layout
-    # and colours are decided (the plain form would give the zero-SNR step no weight at all).
-    weights = torch.clamp(snr + 1, max=MIN_SNR_GAMMA) / (snr + 1)
+    loss = VLoss()
 
     def loss_fn(g: torch.Generator) -> torch.Tensor:
         index = torch.randint(0, len(latents), (args.unet_batch,), generator=g)
         x0, cond = latents[index], ids[index].clone()
-        t = torch.randint(0, len(alphas_cumprod), (len(x0),), generator=g)
-        high = torch.rand(len(x0), generator=g) < HIGH_NOISE_SHARE
-        t = torch.where(high, torch.randint(HIGH_NOISE_FROM, len(alphas_cumprod), (len(x0),),
-                                            generator=g), t)
+        t = loss.timesteps(len(x0), g)
         share = ((args.low_noise_until - t) / (args.low_noise_until - args.low_noise_full)).clamp(0, 1)
         swap = torch.rand(len(x0), generator=g) < share * args.low_noise_mismatch
         cond[swap] = ids[torch.randint(0, len(ids), (int(swap.sum()),), generator=g)]
         cond[torch.rand(len(cond), generator=g) < CAPTION_DROPOUT] = empty_ids
-        noise = torch.randn(x0.shape, generator=g)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v (Salimans & Ho 2022)
-        pred = model(noisy.to(args.device), t.to(args.device), cond.to(args.device))
-        w = pixel_weights[index].to(args.device)  # (b, 1, 16, 16), the same for each channel
-        per_sample = (((pred - target.to(args.device)) ** 2) * w).sum(dim=(1, 2, 3)) \
-            / (w.sum(dim=(1, 2, 3)) * pred.shape[1])
-        return (per_sample * weights[t].to(args.device)).mean()
+        return loss(model, x0, t, cond, pixel_weights[index], g, args.device)
 
     return run_phase("denoiser", model, args.unet_steps, args.unet_lr, args.work, loss_fn, generator)
 

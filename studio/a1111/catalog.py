@@ -68,3 +68,11 @@ def switch(value, manager, settings) -> None:
         manager.load(name)
     except StudioError as exc:
         raise FieldError("sd_model_checkpoint", value, str(exc)) from exc
+
+
+def lora_list(manager) -> list[dict]:
+    """GET /sdapi/v1/loras: name, alias and path (inside --lora-dir, never the server's own path)."""
+    library = manager.loras
+    files = library.files()
+    return [{"name": name, "alias": name, "path": str(files[name].relative_to(library.folder)), "metadata": {}}
+            for name in library.names()]

@@ -21,7 +21,7 @@ from studio.errors import StudioError
 from studio.fields import FIELD
 
 ARGUMENT = re.compile(r"^(\w+)=(.*?) is not allowed")  # studio.errors.bad_argument's messages
-EMPTY_LISTS = ("upscalers", "latent-upscale-modes", "sd-vae", "loras", "hypernetworks", "embeddings-list")
+EMPTY_LISTS = ("upscalers", "latent-upscale-modes", "sd-vae", "hypernetworks", "embeddings-list")
 
 
 def basic_auth(check):
@@ -114,6 +114,14 @@ def router(manager, settings, board: JobBoard, check=None) -> APIRouter:
         text = metadata.read_parameters(picture) or ""
         items = {k: v for k, v in picture.info.items() if k != metadata.KEY and isinstance(v, (str, int, float))}
         return {"info": text, "items": items, "parameters": metadata.parse_parameters(text) if text else {}}
+
+    @api.get("/loras")
+    def lora_list():  # the LoRAs a prompt's <lora:name:weight> may name, as A1111's Lora extension lists them
+        return catalog.lora_list(manager)
+
+    @api.post("/refresh-loras")
+    def refresh_loras():
+        return None  # the folder is read at every request
 
     @api.get("/scripts")
     def scripts():

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import gradio as gr
 
+from studio import loras
 from studio.errors import GenerationCancelled, StudioError
 from studio.streams import Step
 
@@ -133,4 +134,5 @@ def describe_result(result) -> str:
     t = result.timings
     return (f"**Seed{'s' if len(result.seeds) > 1 else ''}:** {seeds} · {t['steps']} steps in "
             f"{t['total']:.2f} s ({1 / max(t['seconds_per_step'], 1e-9):.1f} steps/s) · "
-            f"{result.request.width}x{result.request.height} · {result.scheduler_name}")
+            f"{result.request.width}x{result.request.height} · {result.scheduler_name}"
+            + "".join(f" · LoRA {name} {weight:g}" for name, weight in loras.selection(result.request.loras, result.request.prompt)))

@@ -8,6 +8,7 @@ import itertools
 import gradio as gr
 
 from studio import fields, weighting
+from studio.ui import lora_picker
 from studio.requests import SIZE_FACTOR, size_bound
 
 
@@ -101,10 +102,11 @@ ELEM_IDS = {"num_inference_steps": "steps", "guidance_scale": "guidance", "num_i
 
 def parameter_panel(tab: str, native_size: int, size_factor: float = SIZE_FACTOR,
                     previews: list[tuple[str, str]] | None = None, batch_count: bool = True,
-                    prompt: str | None = None, has_text: bool = True, counter=None) -> ParameterPanel:
+                    prompt: str | None = None, has_text: bool = True, counter=None, lora_names=list) -> ParameterPanel:
     """The controls of studio.fields.PANEL, a row per the table's `row`. With `batch_count`, also a
     "Batch count" slider (`panel.batch_count`, not in `inputs()`: events that run batches add it).
-    `counter(text)` (token_counter), if given, shows "12/75" under the prompt and negative prompt."""
+    `counter(text)` (token_counter), if given, shows "12/75" under the prompt and negative prompt;
+    `lora_names()` lists the LoRAs the picker offers (studio.ui.lora_picker)."""
     bound, size_hint = size_bound(native_size, size_factor), size_info(native_size, size_factor)
     special = {"preview": dict(choices=previews), "prompt": {} if prompt is None else dict(value=prompt),
                "width": dict(maximum=bound, value=native_size, info=size_hint, kind=SizeSlider),
@@ -114,6 +116,9 @@ def parameter_panel(tab: str, native_size: int, size_factor: float = SIZE_FACTOR
     for row, names in itertools.groupby(fields.PANEL, key=lambda name: fields.FIELD[name].row):
         with gr.Row() if row else contextlib.nullcontext():
             for name in names:
+                if name == "loras":
+                    controls[name] = lora_picker.picker(tab, lora_names)
+                    continue
                 controls[name] = control(fields.FIELD[name], tab, **special.get(name, {}))
                 if name in ("prompt", "negative_prompt") and counter is not None:
                     show_token_count(controls[name], counter, f"{tab}-{name.replace('_', '-')}-tokens")

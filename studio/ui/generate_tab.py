@@ -54,7 +54,7 @@ def layout(mode: str, manager, prompt: str | None) -> dict:
                 ui |= masks.layout(tab)
             ui["panel"] = form.parameter_panel(tab, manager.info.native_size, manager.settings.size_factor,
                                                form.preview_choices(manager), prompt=prompt, has_text=manager.info.family != "unconditional",
-                                               counter=form.token_counter(manager))
+                                               counter=form.token_counter(manager), lora_names=manager.loras.names)
             with gr.Row():
                 ui["generate"] = gr.Button("Generate", variant="primary", elem_id=f"{tab}-generate")
                 ui["stop"] = gr.Button("Stop", variant="stop", elem_id=f"{tab}-stop", interactive=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from studio import branching, metadata, runcard
+from studio import branching, loras, metadata, runcard
 from studio.errors import StudioError
 from studio.fields import MAX_SIDE, PANEL
 from studio.ui import cache, common, uploads
@@ -44,6 +44,8 @@ def png_info(path, manager=None):
         return "", [], "This picture carries no `parameters` text (A1111 or Diffusion Studio settings)."
     values = metadata.parse_parameters(text)
     _, notes = metadata.request_fields(values)
+    if manager is not None and values.get("Lora hashes"):
+        notes += loras.hash_notes(values["Lora hashes"], manager.loras)
     if manager is not None and values.get("Model"):
         loaded = Path(manager.info.name).name
         if values["Model"] != loaded:

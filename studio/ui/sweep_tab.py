@@ -116,7 +116,7 @@ def layout(manager) -> dict:
                 ui["stop"] = gr.Button("Stop", variant="stop", elem_id="xyplot-stop", interactive=False)
             ui["panel"] = form.parameter_panel("xyplot", manager.info.native_size, manager.settings.size_factor,
                                                batch_count=False, has_text=manager.info.family != "unconditional",
-                                               counter=form.token_counter(manager))
+                                               counter=form.token_counter(manager), lora_names=manager.loras.names)
             ui["panel"].preview.visible = False  # a plot shows no live preview; its runs decode none
             with gr.Accordion("Starting picture (image to image; a strength axis needs one)", open=False):
                 ui["image"] = uploads.PictureUpload(label="Starting picture", type="filepath", image_mode=None,
