@@ -299,6 +299,9 @@ BAD_TXT2IMG = [
     ("negative_prompt", "\x1b[31m", r"negative_prompt=.* is not allowed: expected printable text"),
     ("scheduler", "Euler b", "Euler b is not in the list of choices"),
     ("seed", 1.5, r"seed=1\.5 is not allowed: expected a whole number"),  # ran as seed 2
+    ("loras", "shift-left:9", r"loras='shift-left:9' is not allowed: expected a LoRA weight in \[-2, 2\]"),
+    ("loras", "nope", r"lora='nope' is not in --lora-dir .* it has: shift-left"),
+    ("prompt", "a red circle <lora:../../etc/passwd:1>", r"lora='../../etc/passwd' is not in --lora-dir"),
 ]
 GOOD_TXT2IMG = [("prompt", ""), ("prompt", "ein rotes Quadrat ✨\nnaïve 四角"), ("prompt", " ".join(["red"] * 100))]
 
