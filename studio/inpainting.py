@@ -83,6 +83,15 @@ class Inpainting:
         return np.stack(out)
 
 
+def whole_picture_kwargs(image, width: int, height: int, strength: float) -> dict:
+    """What a 9-channel inpainting UNet gets outside inpainting, as AUTOMATIC1111 conditions one:
+    the whole picture masked. Text to image (`image` None): a gray picture, which the full mask
+    blanks, at strength 1 (pure noise); image to image: the picture at its strength."""
+    picture = Image.new("RGB", (width, height), (127, 127, 127)) if image is None else images.prepare(image, width, height)
+    return {"image": picture, "mask_image": Image.new("L", (width, height), 255),
+            "strength": 1.0 if image is None else strength}
+
+
 def run_mask(request) -> Image.Image | None:
     """An inpainting run's mask at the run's size (None for any other run), for the viewer."""
     if not request.is_inpaint:

@@ -28,60 +28,9 @@ from studio.config import Settings
 from studio.errors import GenerationCancelled, StudioError
 from studio.previews import PreviewDecoder
 from studio.fields import MAX_SEED
+from studio.loaded import LoadedModel
 from studio.requests import GenerationRequest, GenerationResult, check_inputs, check_limits
 from studio.trajectory import TrajectoryRecorder, schedule_sigmas
-from studio.unconditional import UnconditionalRunner
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    source: models.ModelSource
-    txt2img: object               # the pipeline as loaded (text-to-image or unconditional)
-    scheduler_config: dict        # the model's own scheduler config, never mutated
-    family: str
-    hash: str
-    native_size: int
-    _img2img: object | None = None
-    _inpaint: object | None = None
-    _runner: object | None = None
-    _adapters: object | None = None
-
-    @property
-    def adapters(self) -> loras.Adapters:
-        """The LoRA adapters on this model's pipelines (studio.loras)."""
-        if self._adapters is None:
-            self._adapters = loras.Adapters(self.txt2img, self.source.name)
-        return self._adapters
-
-    @property
-    def unconditional(self) -> bool:
-        return self.family == "unconditional"
-
-    @property
-    def runner(self):
-        """What generation calls: the pipeline, or for unconditional models a loop with callbacks."""
-        if self.unconditional and self._runner is None:
-            self._runner = UnconditionalRunner(self.txt2img)
-        return self._runner if self.unconditional else self.txt2img
-
-    @property
-    def img2img(self):
-        return self._derived("_img2img", "AutoPipelineForImage2Image")
-
-    @property
-    def inpaint(self):
-        return self._derived("_inpaint", "AutoPipelineForInpainting")
-
-    def _derived(self, slot: str, auto: str):
-        """The img2img or inpainting pipeline, made once with `from_pipe`: it shares every module
-        with txt2img (no second copy of the weights) and keeps the dtype."""
-        if getattr(self, slot) is None:
-            import diffusers
-
-            pipe = getattr(diffusers, auto).from_pipe(self.txt2img)
-            pipe.set_progress_bar_config(disable=True)
-            setattr(self, slot, pipe)
-        return getattr(self, slot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,10 +159,13 @@ class PipelineManager:
             raise StudioError(f"model={model.source.name!r} is unconditional (no prompt, no image "
                               "input): image to image needs a text-to-image model.")
         # A resumed run (img2img too) only denoises: the text-to-image loop, from its latents
-        if request.is_inpaint and start is not None:
-            raise StudioError("An inpainting run cannot be branched yet; branch an image-to-image run instead.")
-        pipe = (model.inpaint if request.is_inpaint else model.img2img) if request.is_img2img and start is None \
-            else model.runner
+        if (request.is_inpaint or model.inpainting_unet) and start is not None:
+            raise StudioError("An inpainting run, or any run of an inpainting model, cannot be branched yet; "
+                              "branch an image-to-image run of a text-to-image model instead.")
+        if model.inpainting_unet or request.is_inpaint:
+            pipe = model.inpaint
+        else:
+            pipe = model.img2img if request.is_img2img and start is None else model.runner
         pipe.scheduler = schedulers.make_scheduler(request.scheduler, model.scheduler_config, seeds)
         chart = copy.deepcopy(pipe.scheduler)  # the schedule chart's: a copy (DPM++ SDE's is slow to make)
         if start is not None:
@@ -235,6 +187,8 @@ class PipelineManager:
         elif request.is_inpaint:
             inpaint = inpainting.Inpainting.of(request, width, height)
             kwargs |= inpaint.pipeline_kwargs()
+        elif model.inpainting_unet:
+            kwargs |= inpainting.whole_picture_kwargs(request.image, width, height, request.strength)
         elif request.is_img2img and start is None:
             kwargs |= {"image": images.prepare(request.image, width, height), "strength": request.strength}
         else:

@@ -27,7 +27,7 @@ from studio.config import DEFAULT_MODEL, Settings  # noqa: E402
 from tests import tiny_pipelines as tiny  # noqa: E402
 
 BUILDERS = {"sd1": tiny.sd1_pipeline, "sd2v": tiny.sd2_v_pipeline, "sdxl": tiny.sdxl_pipeline,
-            "lcm": tiny.lcm_pipeline, "unet2d": tiny.unet2d_pipeline}
+            "lcm": tiny.lcm_pipeline, "unet2d": tiny.unet2d_pipeline, "sd1-inpaint": tiny.sd1_inpaint_pipeline}
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image, ImageDraw
 
@@ -136,3 +137,33 @@ def test_the_viewer_outlines_the_mask_on_x_t_and_x0(bundled_manager, start):
         assert magenta[int(12 * scale), int(30 * scale)] and not magenta[int(32 * scale), int(32 * scale)], kind
     plain = bundled_manager.generate(GenerationRequest(prompt=YELLOW, image=start, num_inference_steps=4))
     assert "xt" in replay.frames(bundled_manager, plain)["steps"][0]
+
+
+def test_a_9_channel_inpainting_model_inpaints_by_its_own_path_and_also_draws_txt2img_and_img2img(
+        tiny_dirs, make_manager):
+    """Its UNet takes the mask and the masked picture: inpainting is diffusers' own inpainting
+    call (then the kept pixels pasted back); text to image and image to image are that call with
+    the whole picture masked, as A1111 conditions such a model, never a 4-channel call that fails."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    manager = make_manager(tiny_dirs["sd1-inpaint"])
+    assert manager.loaded.inpainting_unet
+    direct = StableDiffusionInpaintPipeline.from_pretrained(tiny_dirs["sd1-inpaint"])
+    direct.set_progress_bar_config(disable=True)
+    picture, mask = Image.new("RGB", (64, 64), (200, 30, 30)), box_mask((16, 16, 47, 47))
+    ask = dict(prompt="a cat", seed=4, num_inference_steps=3)
+
+    made = manager.generate(GenerationRequest(**ask, image=picture, mask_image=mask, strength=1.0, mask_blur=0))
+    theirs = direct(ask["prompt"], image=picture, mask_image=mask, strength=1.0, num_inference_steps=3,
+                    generator=[torch.Generator().manual_seed(4)], output_type="np").images[0]
+    inside = np.asarray(mask) > 0
+    ours = np.asarray(made.images[0]).astype(int)
+    assert np.abs(ours[inside] - (theirs * 255).round().astype(int)[inside]).max() <= 1
+    assert np.abs(ours[~inside] - np.asarray(picture).astype(int)[~inside]).max() == 0
+
+    txt2img = manager.generate(GenerationRequest(**ask))
+    whole = direct(ask["prompt"], image=Image.new("RGB", (64, 64), (127, 127, 127)), mask_image=Image.new("L", (64, 64), 255),
+                   strength=1.0, num_inference_steps=3, generator=[torch.Generator().manual_seed(4)], output_type="np")
+    assert np.array_equal(np.asarray(txt2img.images[0]), (whole.images[0] * 255).round().astype(np.uint8))
+    img2img = manager.generate(GenerationRequest(**ask, image=picture, strength=0.7))
+    assert img2img.timings["steps"] == 2 and img2img.images[0].size == (64, 64)

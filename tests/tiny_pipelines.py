@@ -39,6 +39,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     LCMScheduler,
     PNDMScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -115,6 +116,15 @@ def sd_pipeline(denoiser: UNet2DConditionModel, scheduler, **text_extra) -> Stab
 def sd1_pipeline() -> StableDiffusionPipeline:
     scheduler = PNDMScheduler(**SD_BETAS, skip_prk_steps=True, set_alpha_to_one=False)
     return sd_pipeline(unet(), scheduler)
+
+
+def sd1_inpaint_pipeline() -> StableDiffusionInpaintPipeline:
+    """SD 1.x's inpainting layout: a 9-channel UNet (latents, mask, masked picture's latents)."""
+    tok = tokenizer()
+    return ready(StableDiffusionInpaintPipeline(
+        vae=vae(), text_encoder=seeded(CLIPTextModel, text_config(tok)), tokenizer=tok, unet=unet(in_channels=9),
+        scheduler=PNDMScheduler(**SD_BETAS, skip_prk_steps=True, set_alpha_to_one=False), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False))
 
 
 def sd2_v_pipeline() -> StableDiffusionPipeline:
