@@ -25,7 +25,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from studio import __version__, metadata, resume
+from studio import __version__, inpainting, metadata, resume
 from studio.branching import Lineage
 from studio.errors import StudioError
 from studio.fields import FIELD, GenerationRequest
@@ -71,6 +71,9 @@ def save(result: GenerationResult, folder: Path) -> list[Path]:
         written.append(folder / "input.png")
         picture = result.request.image
         (picture if isinstance(picture, Image.Image) else Image.open(picture)).save(written[-1])
+    if result.request.is_inpaint:  # the mask at the run's size, as the viewer outlines it
+        written.append(folder / "mask.png")
+        inpainting.run_mask(result.request).save(written[-1])
     description = describe(result, [p.name for p in pictures]) | {"resume": kept}
     written[1].write_text(json.dumps(description, indent=2) + "\n")
     return written + pictures
@@ -144,7 +147,8 @@ def saved_request(data: dict, folder: Path) -> GenerationRequest:
         if not (folder / "input.png").is_file():
             raise StudioError(f"{DESCRIPTION}: an img2img run, but its input.png is missing.")
         image = Image.open(folder / "input.png").convert("RGB")
-    return check_inputs(GenerationRequest(**values, image=image))
+    mask = Image.open(folder / "mask.png").convert("L") if image is not None and (folder / "mask.png").is_file() else None
+    return check_inputs(GenerationRequest(**values, image=image, mask_image=mask))
 
 
 def saved_trajectory(data, tensors: dict) -> Trajectory:

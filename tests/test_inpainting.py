@@ -10,7 +10,7 @@ import torch
 import pytest
 from PIL import Image, ImageDraw
 
-from studio import metadata
+from studio import inpainting, metadata
 from studio.config import REPO_ROOT
 from studio.errors import StudioError
 from studio.requests import GenerationRequest
@@ -167,3 +167,14 @@ def test_a_9_channel_inpainting_model_inpaints_by_its_own_path_and_also_draws_tx
     assert np.array_equal(np.asarray(txt2img.images[0]), (whole.images[0] * 255).round().astype(np.uint8))
     img2img = manager.generate(GenerationRequest(**ask, image=picture, strength=0.7))
     assert img2img.timings["steps"] == 2 and img2img.images[0].size == (64, 64)
+
+
+def test_a_saved_inpainting_run_keeps_its_mask_and_opens_outlined(bundled_manager, start, tmp_path):
+    from studio import replay, runs
+
+    result = inpaint(bundled_manager, start, box_mask(), num_inference_steps=4)
+    runs.save(result, tmp_path / "run")
+    opened = runs.load(tmp_path / "run")
+    assert opened.request.is_inpaint
+    assert np.array_equal(np.asarray(inpainting.run_mask(opened.request)), np.asarray(inpainting.run_mask(result.request)))
+    assert replay.frames(bundled_manager, opened)["steps"][0]["xt"] == replay.frames(bundled_manager, result)["steps"][0]["xt"]
