@@ -13,9 +13,11 @@ hex digits), written into the PNG as `Lora hashes`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import re
+import warnings
 from pathlib import Path
 
 from studio.errors import StudioError, bad_argument
@@ -175,6 +177,22 @@ def hash_notes(text: str, library: Library) -> list[str]:
     return notes
 
 
+@contextlib.contextmanager
+def quiet():
+    """Without what every load says and no user can act on: a second adapter's "Already found a
+    peft_config", and "No LoRA keys associated to CLIPTextModel" for a UNet-only LoRA."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 class Adapters:
     """The LoRA adapters on one pipeline (and the pipelines made from it with `from_pipe`, which
     share its UNet and text encoder): `use(picked)` before each run."""
@@ -206,7 +224,8 @@ class Adapters:
 
     def _load(self, p: Picked) -> None:
         try:
-            self.pipe.load_lora_weights(str(p.path), adapter_name=p.adapter)
+            with quiet():
+                self.pipe.load_lora_weights(str(p.path), adapter_name=p.adapter)
         except Exception as exc:  # diffusers and peft raise ValueError, KeyError, RuntimeError (shapes) ...
             self._forget(p.adapter)
             raise StudioError(f"lora={p.name!r} could not be loaded into model={self.model_name!r}: {exc}") from exc

@@ -262,3 +262,23 @@ def test_a_lora_on_the_unet_and_text_encoders_of_sd_and_sdxl_acts_and_unloads(fa
     start = run(manager, **ask).images[0]
     img2img = dict(ask, image=start, strength=0.7)
     assert not np.array_equal(pixels(run(manager, **img2img, loras="noise:1")), pixels(run(manager, **img2img)))
+
+
+def test_two_loras_at_once_add_up(bundled_manager, tmp_path):
+    """Two adapters active together: the LoRA at 0.5 twice (under two names) is the LoRA at 1,
+    up to float rounding (peft adds each adapter's output in turn)."""
+    import shutil
+
+    source = bundled_manager.loras.files()[LORA]
+    for name in ("left-a", "left-b"):
+        shutil.copy(source, tmp_path / f"{name}.safetensors")
+    library, bundled_manager.loras = bundled_manager.loras, loras.Library(tmp_path)
+    try:
+        both = run(bundled_manager, PROMPTS[0], loras="left-a:0.5, left-b:0.5")
+        one = run(bundled_manager, PROMPTS[0], loras="left-a:1")
+    finally:
+        bundled_manager.loras = library
+    assert both.card["Lora hashes"] == f"left-a: {one.card['Lora hashes'].split(': ')[1]}, left-b: " \
+                                       f"{one.card['Lora hashes'].split(': ')[1]}"
+    assert np.abs(pixels(both) - pixels(one)).max() <= 2
+    assert centre_x(pixels(both)) < centre_x(pixels(run(bundled_manager, PROMPTS[0]))) - 8
