@@ -168,12 +168,22 @@ def launch(demo, settings: Settings, block: bool = True, cache_folder: Path | No
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    from studio.manager import PipelineManager
+def make_manager(settings: Settings):
+    """The in-process manager, or with --ray the front end of Ray Serve replicas (studio.scale)."""
+    if settings.ray is None:
+        from studio.manager import PipelineManager
 
+        return PipelineManager(settings)
+    from studio.scale.backend import RayManager
+
+    return RayManager(settings, settings.replicas, settings.replica_threads,
+                      address=None if settings.ray == "local" else settings.ray)
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
         settings = parse_settings(argv)
-        manager = PipelineManager(settings)
+        manager = make_manager(settings)
         manager.load()
     except (StudioError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, type=Path, help="PNG file to write")
     b.add_argument("--trajectory", type=Path, default=None, help="folder for the branch's steps and run files, as generate writes them")
     config.add_model_arguments(b, {**config.defaults(), "model": None})
+    s = commands.add_parser("serve", help="run the generation backend alone on Ray Serve, for `app.py --ray ADDRESS`")
+    s.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local Ray instance)")
+    s.add_argument("--replicas", type=int, default=1, help="generation replicas (one per GPU)")
+    s.add_argument("--replica-threads", type=int, default=1, help="on CPUs: CPUs and torch threads per replica")
+    config.add_model_arguments(s, config.defaults())
     return parser
 
 
@@ -237,7 +242,14 @@ def replay(args: argparse.Namespace) -> None:
           "open it in any browser, offline)")
 
 
-COMMANDS = {"generate": generate, "inspect": inspect, "branch": branch, "replay": replay}
+def serve(args: argparse.Namespace) -> None:
+    from studio.scale import deployment
+
+    settings = config.Settings(**{k: v for k, v in vars(args).items() if k in config.Settings.__dataclass_fields__})
+    deployment.serve_forever(settings, args.address, args.replicas, args.replica_threads)
+
+
+COMMANDS = {"generate": generate, "inspect": inspect, "branch": branch, "replay": replay, "serve": serve}
 
 
 def main(argv: list[str] | None = None) -> int:

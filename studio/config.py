@@ -38,6 +38,9 @@ class Settings:
     share: bool = False
     auth: str | None = None            # "user:password"
     api: bool = False                  # AUTOMATIC1111's HTTP API at /sdapi/v1 (studio.a1111), as A1111's --api
+    ray: str | None = None             # generation on Ray Serve replicas (studio.scale): "local" or a cluster address
+    replicas: int = 1                  # with --ray: generation replicas
+    replica_threads: int = 1           # with --ray on CPUs: CPUs (and torch threads) per replica
     outputs: str = str(REPO_ROOT / "outputs")
     no_save: bool = False
     allowed_models: tuple[str, ...] = ()  # public mode: only these may be loaded from the UI/API
@@ -133,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action=argparse.BooleanOptionalAction, default=d["share"], help="also open a public gradio.live link (needs the internet)")
     p.add_argument("--auth", default=d["auth"], help="user:password required for the UI and the API")
     p.add_argument("--api", action=argparse.BooleanOptionalAction, default=d["api"], help="also serve AUTOMATIC1111's HTTP API (/sdapi/v1) on the same port, for webuiapi, Open WebUI, SillyTavern; --auth then needs HTTP Basic auth")
+    p.add_argument("--ray", nargs="?", const="local", default=d["ray"], metavar="ADDRESS", help="generate on Ray Serve replicas: with no ADDRESS a local Ray instance on this machine, else an existing cluster (ray://host:10001 or auto)")
+    p.add_argument("--replicas", type=int, default=d["replicas"], help="with --ray: generation replicas (one per GPU; on CPUs see --replica-threads)")
+    p.add_argument("--replica-threads", type=int, default=d["replica_threads"], help="with --ray on CPUs: CPUs and torch threads per replica (default 1)")
     p.add_argument("--outputs", default=d["outputs"], help="folder for saved images")
     p.add_argument("--no-save", dest="no_save", action="store_true", default=d["no_save"], help="do not write images to --outputs (the Space default)")
     p.add_argument("--save", dest="no_save", action="store_false", help="write images to --outputs, also on a Space")
@@ -148,7 +154,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     args = build_parser().parse_args(argv)
     settings = Settings(**vars(args))
     settings.auth_pair()  # fail early on a malformed --auth
-    for name in ("max_queue", "max_sessions", "cache_max_age"):
+    for name in ("max_queue", "max_sessions", "cache_max_age", "replicas", "replica_threads"):
         if getattr(settings, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}={getattr(settings, name)} must be at least 1")
     return settings

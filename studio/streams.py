@@ -36,10 +36,12 @@ class Done:
     result: GenerationResult
 
 
-def stream(manager, request: GenerationRequest, cancel: threading.Event | None = None, run=None):
+def stream(manager, request: GenerationRequest, cancel: threading.Event | None = None, run=None, gate=None):
     """`manager.generate(request)` in the manager's worker thread; yield a Step for each step,
     then Done. Closing the generator early (a UI's Stop, a dropped client) cancels the run.
-    `run(on_step=..., cancel=...)`, if given, is called instead (a branch of `request`'s run)."""
+    `run(on_step=..., cancel=...)`, if given, is called instead (a branch of `request`'s run).
+    `gate(step)`, if given, returns when the run may go on past that step (a Ray replica waits
+    there for its front end, studio.scale)."""
     run = run or functools.partial(manager.generate, request)
     events: queue.Queue = queue.Queue()
     cancel = cancel or threading.Event()
@@ -66,6 +68,8 @@ def stream(manager, request: GenerationRequest, cancel: threading.Event | None =
             if isinstance(event, BaseException):
                 raise event
             if isinstance(event, Step):
+                if gate is not None:
+                    gate(event)
                 taken.release()
             yield event
             if isinstance(event, Done):

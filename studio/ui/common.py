@@ -20,6 +20,13 @@ from studio.streams import Step
 GPU = "gpu"  # every event that runs the model shares this concurrency_id
 
 
+def generation_queue(manager) -> dict:
+    """The concurrency of the events that generate (txt2img, img2img, X/Y plot): one at a time with
+    the model, as every GPU event; with Ray Serve replicas (studio.scale), one per replica."""
+    replicas = getattr(manager, "concurrency", 1)
+    return dict(concurrency_id=GPU if replicas == 1 else "generate", concurrency_limit=replicas)
+
+
 def whole_index(name: str, value) -> int:
     """An index an API caller sent (a run, a step, a picture) as an int, or gr.Error naming it:
     1.5 became 1 and "0.5" became 0, silently; "abc" was a raw ValueError."""

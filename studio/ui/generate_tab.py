@@ -93,7 +93,7 @@ def wire_run(mode: str, manager, writer: OutputWriter, ui: dict, history: gr.Sta
     running = generate.click(clear_for_run, outputs=[generate, stop, *shown], api_visibility="private",
                              queue=False).then(
         run, inputs=[history], inputs_kwargs=named, outputs=[*shown, last_seed, history, last_image],
-        api_name=mode, concurrency_id=common.GPU, concurrency_limit=1)
+        api_name=mode, **common.generation_queue(manager))
     running.success(open_first, outputs=ui["gallery"], api_visibility="private", queue=False)
     running.then(common.idle_buttons, outputs=[generate, stop], api_visibility="private", queue=False)
     stop.click(stop_run, api_name=f"stop_{mode}", queue=False)  # API clients: stops this session's run

@@ -162,7 +162,7 @@ def wire(manager, writer: OutputWriter, ui: dict, history: gr.State, last_image:
                              queue=False).then(
         run, inputs=[history], inputs_kwargs=named,
         outputs=[ui["grid"], ui["gallery"], ui["info"], history, last_image, last_seed],
-        api_name="xy_plot", concurrency_id=common.GPU, concurrency_limit=1)
+        api_name="xy_plot", **common.generation_queue(manager))
     running.then(common.idle_buttons, outputs=[generate, stop], api_visibility="private", queue=False)
     stop.click(generate_tab.stop_run, api_visibility="private", queue=False)
     panel.reuse_seed.click(generate_tab.reuse, inputs=last_seed, outputs=panel.seed, api_visibility="private",
