@@ -174,8 +174,12 @@ def make_manager(settings: Settings):
         from studio.manager import PipelineManager
 
         return PipelineManager(settings)
+    import signal
+
     from studio.scale.backend import RayManager
 
+    # a terminated studio takes its local Ray instance with it (ray.init's exit hook runs on sys.exit)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     return RayManager(settings, settings.replicas, settings.replica_threads,
                       address=None if settings.ray == "local" else settings.ray)
 

@@ -40,7 +40,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(workdir: Path, max_queue: int, cache_max_age: int, threads: int):
+def running_app(workdir: Path, max_queue: int, cache_max_age: int, threads: int, extra: tuple = ()):
     """`python app.py` with the bundled model on 127.0.0.1, its own Gradio cache; stopped after."""
     port, cache = free_port(), workdir / "gradio-cache"
     log = open(workdir / "server.log", "w")
@@ -48,7 +48,7 @@ def running_app(workdir: Path, max_queue: int, cache_max_age: int, threads: int)
            "OMP_NUM_THREADS": str(threads)}
     env.pop("SPACE_ID", None)
     command = [sys.executable, "app.py", "--model", DEFAULT_MODEL, "--host", "127.0.0.1", "--port", str(port),
-               "--no-save", "--max-queue", str(max_queue), "--cache-max-age", str(cache_max_age)]
+               "--no-save", "--max-queue", str(max_queue), "--cache-max-age", str(cache_max_age), *extra]
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"

@@ -205,6 +205,39 @@ def run(clients: int = 8, requests: int = 10, soak: int = 300, steps: int = 8, m
     return results
 
 
+def ray_comparison(clients: int, requests: int, steps: int, replicas: int) -> dict:
+    """`--ray`: the load phase against `app.py --ray --replicas N --replica-threads 1`, against one
+    replica at 1 thread (the throughput ratio), and against the in-process studio at N threads
+    (latency). Each picture is checked against its request run alone at the server's threads."""
+    configs = {f"ray, {replicas} replicas x 1 thread": (1, ("--ray", "--replicas", str(replicas))),
+               "ray, 1 replica x 1 thread": (1, ("--ray", "--replicas", "1")),
+               f"in-process, {replicas} threads": (replicas, ())}
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="studio-load-ray-") as folder:
+        workdir = Path(folder)
+        sessions = plan(clients, requests, steps)
+        starts = {c: start_image(workdir, c) for c in range(clients)}
+        expected = {threads: references(sessions, starts, threads) for threads in {1, replicas}}
+        for name, (threads, extra) in configs.items():
+            with running_app(workdir, clients * requests, 30, threads, extra) as server:
+                out[name] = load_phase(server.url, sessions, starts, expected[threads])
+    ray_many, ray_one = list(out.values())[:2]
+    return {"clients": clients, "requests_per_client": requests, "steps": steps, "replicas": replicas,
+            "runs": out, "throughput_ratio": ray_many["generations_per_second"] / ray_one["generations_per_second"]}
+
+
+def ray_report(results: dict) -> str:
+    lines = [f"Ray Serve load: {results['clients']} clients x {results['requests_per_client']} requests, "
+             f"{results['steps']} steps"]
+    for name, load in results["runs"].items():
+        figures = load["latency_by_kind"]["txt2img"] or load["latency"]
+        lines.append(f"  {name:32s} {load['failed']} failed, {load['mismatched_pictures']} pictures unlike their "
+                     f"run alone, {load['generations_per_second']:.2f} generations/s, txt2img p50 "
+                     f"{figures['p50']:.2f} s p99 {figures['p99']:.2f} s")
+    lines.append(f"  throughput, {results['replicas']} replicas / 1: {results['throughput_ratio']:.2f}x (goal 1.6x)")
+    return "\n".join(lines)
+
+
 def checks(results: dict) -> dict[str, bool]:
     load, queue, soak = results["load"], results["queue"], results["soak"]
     found = {"every load request succeeded": load["failed"] == 0,
@@ -255,8 +288,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue", type=int, default=None, help="the server's --max-queue (default: --clients)")
     p.add_argument("--cache-max-age", type=int, default=30, help="the server's --cache-max-age in seconds")
     p.add_argument("--threads", type=int, default=1, help="torch threads, in the server and the references")
-    p.add_argument("--json", default=str(REPO_ROOT / "benchmarks" / "load-results.json"))
+    p.add_argument("--json", default=None, help="where the results go (default: benchmarks/load-results.json, "
+                                                "with --ray load-ray-results.json)")
+    p.add_argument("--ray", action="store_true", help="compare Ray Serve replicas (app.py --ray) with one replica "
+                                                      "and with the in-process studio; load phase only")
+    p.add_argument("--replicas", type=int, default=2, help="with --ray: replicas at 1 thread each")
     args = p.parse_args(argv)
+    if args.ray:
+        results = ray_comparison(args.clients, args.requests, args.steps, args.replicas)
+        path = Path(args.json or REPO_ROOT / "benchmarks" / "load-ray-results.json")
+        path.write_text(json.dumps(results, indent=2, default=str))
+        print(ray_report(results))
+        ok = all(r["failed"] == 0 and r["mismatched_pictures"] == 0 for r in results["runs"].values())
+        return 0 if ok and results["throughput_ratio"] >= 1.6 else 1
+    args.json = args.json or str(REPO_ROOT / "benchmarks" / "load-results.json")
     results = run(args.clients, args.requests, args.soak, args.steps, args.max_queue, args.cache_max_age,
                   args.threads)
     Path(args.json).write_text(json.dumps(results, indent=2, default=str))

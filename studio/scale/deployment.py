@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 
 import ray
 from ray import serve
@@ -21,27 +20,36 @@ from studio import streams
 from studio.config import Settings
 from studio.scale import BOARD, NAMESPACE
 
-WATCH = 0.005  # seconds between a waiting replica's looks at the board
-
-
 @ray.remote(num_cpus=0)
 class CancelBoard:
-    """Per run id: the last step its front end has shown, and whether it asked the run to stop."""
+    """Per run id: the last step its front end has shown, and whether it asked the run to stop.
+    An async actor: `until_shown` answers the moment the awaited step is shown or the run is
+    cancelled, with no polling."""
 
     def __init__(self):
+        import asyncio
+
         self.shown: dict[str, int] = {}
         self.cancelled: set[str] = set()
+        self.changed = asyncio.Condition()
 
-    def ack(self, run_id: str, step: int) -> None:
-        self.shown[run_id] = max(step, self.shown.get(run_id, 0))
+    async def ack(self, run_id: str, step: int) -> None:
+        async with self.changed:
+            self.shown[run_id] = max(step, self.shown.get(run_id, 0))
+            self.changed.notify_all()
 
-    def cancel(self, run_id: str) -> None:
-        self.cancelled.add(run_id)
+    async def cancel(self, run_id: str) -> None:
+        async with self.changed:
+            self.cancelled.add(run_id)
+            self.changed.notify_all()
 
-    def state(self, run_id: str) -> tuple[int, bool]:
-        return self.shown.get(run_id, 0), run_id in self.cancelled
+    async def until_shown(self, run_id: str, step: int) -> bool:
+        """Wait until the front end has shown `step` (or asked to stop); whether it asked to stop."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.shown.get(run_id, 0) >= step or run_id in self.cancelled)
+            return run_id in self.cancelled
 
-    def forget(self, run_id: str) -> None:
+    async def forget(self, run_id: str) -> None:
         self.shown.pop(run_id, None)
         self.cancelled.discard(run_id)
 
@@ -77,13 +85,12 @@ class Generator:
         cancel = threading.Event()
 
         def gate(step) -> None:
-            while True:
-                shown, cancelled = ray.get(self.board.state.remote(run_id))
-                if cancelled:
-                    cancel.set()
-                if cancelled or shown >= step.number - 1:
-                    return
-                time.sleep(WATCH)
+            try:
+                stop = ray.get(self.board.until_shown.remote(run_id, step.number - 1), timeout=streams.STEP_HANDOVER_WAIT)
+            except ray.exceptions.GetTimeoutError:  # the front end went away: the run is abandoned
+                stop = True
+            if stop:
+                cancel.set()
 
         try:
             yield from streams.stream(self.manager, request, cancel, gate=gate)
@@ -104,6 +111,13 @@ def application(settings: Settings, replicas: int, threads: int):
     resources = {"num_gpus": 1} if on_gpu else {"num_cpus": max(threads, 1)}
     return Generator.options(num_replicas=replicas, ray_actor_options=resources,
                              user_config={"model": settings.model}).bind(fields, threads)
+
+
+def build_app(args: dict):
+    """A Serve config's application builder (`import_path: studio.scale.deployment:build_app`):
+    `args` are Settings fields (model, device, ...) and `replicas`, `replica_threads`."""
+    fields = {k: v for k, v in args.items() if k in Settings.__dataclass_fields__}
+    return application(Settings(**fields), int(args.get("replicas", 1)), int(args.get("replica_threads", 1)))
 
 
 def serve_forever(settings: Settings, address: str | None, replicas: int, threads: int) -> None:
