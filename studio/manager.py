@@ -47,6 +47,7 @@ class PipelineManager:
     # Every step keeps its resumable state and the CFG halves (studio.branching, studio.lens);
     # the benchmark turns this off to measure what keeping them costs.
     keep_steps_state = True
+    concurrency = 1  # generations at once (the UI's queue); studio.scale's RayManager: one per replica
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()

@@ -64,10 +64,7 @@ def dataset(args, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    args.work.mkdir(parents=True, exist_ok=True)
+    train.begin(args)
     started = time.time()
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
     pictures, ids = dataset(args, pipe.tokenizer)

@@ -272,12 +272,17 @@ def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, empty_ids: to
     return run_phase("denoiser", model, args.unet_steps, args.unet_lr, args.work, loss_fn, generator)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def begin(args) -> None:
+    """What every training run does first: its torch threads and seed, and its --work folder."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    begin(args)
     tokenizer = vocab.build_tokenizer(shapes.vocabulary())
 
     started = time.time()
