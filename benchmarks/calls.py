@@ -49,13 +49,13 @@ class Call:
                                  image=start_image if self.kind == "img2img" else None, strength=self.strength)
 
 
-def plan(clients: int, requests: int, steps: int) -> list[list[Call]]:
-    """Each session: its own sampler; txt2img, img2img and viewer calls in turn; unique seeds."""
+def plan(clients: int, requests: int, steps: int, kinds: tuple = ("txt2img", "img2img", "viewer")) -> list[list[Call]]:
+    """Each session: its own sampler; calls of `kinds` in turn (txt2img, img2img and viewer); unique seeds."""
     sessions = []
     for c in range(clients):
         calls = []
         for j in range(requests):
-            kind = ("txt2img", "img2img", "viewer")[j % 3]
+            kind = kinds[j % len(kinds)]
             prompt = f"a {COLOURS[(c + j) % len(COLOURS)]} {SHAPES[j % len(SHAPES)]} on a white background"
             calls.append(Call(c, j, kind, prompt, seed=1000 * c + j, scheduler=SAMPLERS[c % len(SAMPLERS)],
                               steps=steps))
