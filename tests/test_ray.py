@@ -210,3 +210,36 @@ def test_a_model_switch_reaches_every_replica_and_a_failed_one_keeps_the_model(r
         assert ray_manager.generate(GenerationRequest(prompt="a cat", num_inference_steps=2)).images
     finally:
         ray_manager.load(Settings().model)
+
+
+def test_the_a1111_api_and_a_ui_session_work_through_the_replicas_and_a_kill_loses_no_session(ray_manager, in_process):
+    """`--api` over the Ray backend gives the in-process pixels; a UI session's History is the
+    front end's, so it outlives replicas killed under it."""
+    import base64
+    import dataclasses
+    import io
+
+    import ray
+    import requests
+    from gradio_client import Client
+    from PIL import Image
+
+    from tests.conftest import serve_with_api
+
+    settings = dataclasses.replace(ray_manager.settings, api=True, port=free_port())
+    with serve_with_api(ray_manager, settings) as (url, _):
+        answer = requests.post(url + "sdapi/v1/txt2img", json={"prompt": PROMPT, "seed": 8, "steps": 6},
+                               timeout=CEILING).json()
+        alone = in_process.generate(GenerationRequest(prompt=PROMPT, seed=8, num_inference_steps=6))
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB")),
+                              pixels(alone))
+        client = Client(url, verbose=False)
+        client.predict(prompt=PROMPT, seed=9, num_inference_steps=4, api_name="/txt2img")
+        for actor in replica_actors():
+            ray.kill(actor, no_restart=False)
+        _, gallery, info = client.predict(prompt=PROMPT, seed=10, num_inference_steps=4, api_name="/txt2img")
+        assert "Seed:** 10" in info  # served once Serve had replaced them
+        for index in (0, 1):  # the session still has both of its runs, the one before the kill too
+            assert client.predict(index, "fast", api_name="/viewer_load")[0]["maximum"] == 4  # its 4 steps
+        with pytest.raises(Exception, match="expected a run index from 0 to 1"):
+            client.predict(2, "fast", api_name="/viewer_load")
