@@ -222,7 +222,12 @@ def ray_comparison(clients: int, requests: int, steps: int, replicas: int) -> di
         expected = {threads: references(sessions, starts, threads) for threads in {1, replicas}}
         for name, (threads, extra) in configs.items():
             with running_app(workdir, clients * requests, 30, threads, extra) as server:
+                # the CPU the front end and these clients take from the cores the replicas share
+                front, clients_cpu = server.cpu_seconds(), time.process_time()
                 out[name] = load_phase(server.url, sessions, starts, expected[threads])
+                wall = out[name]["wall_seconds"]
+                out[name]["cores_used"] = {"front end": (server.cpu_seconds() - front) / wall,
+                                           "benchmark clients": (time.process_time() - clients_cpu) / wall}
     ray_many, ray_one = list(out.values())[:2]
     return {"clients": clients, "requests_per_client": requests, "steps": steps, "replicas": replicas,
             "runs": out, "throughput_ratio": ray_many["generations_per_second"] / ray_one["generations_per_second"]}
@@ -235,7 +240,8 @@ def ray_report(results: dict) -> str:
         figures = load["latency_by_kind"]["txt2img"] or load["latency"]
         lines.append(f"  {name:32s} {load['failed']} failed, {load['mismatched_pictures']} pictures unlike their "
                      f"run alone, {load['generations_per_second']:.2f} generations/s, txt2img p50 "
-                     f"{figures['p50']:.2f} s p99 {figures['p99']:.2f} s")
+                     f"{figures['p50']:.2f} s p99 {figures['p99']:.2f} s; cores used by the front end "
+                     f"{load['cores_used']['front end']:.2f}, by the clients {load['cores_used']['benchmark clients']:.2f}")
     lines.append(f"  throughput, {results['replicas']} replicas / 1: {results['throughput_ratio']:.2f}x (goal 1.6x)")
     return "\n".join(lines)
 
