@@ -198,8 +198,10 @@ def test_a_model_switch_reaches_every_replica_and_a_failed_one_keeps_the_model(r
     from studio.scale import APP
 
     def replica_models():
-        handle = ray_serve.get_app_handle(APP)
-        return {handle.model.remote().result(timeout_s=CEILING) for _ in range(6)}
+        from studio.scale.backend import off_loop
+
+        handle = off_loop(ray_serve.get_app_handle, APP)
+        return {off_loop(lambda: handle.model.remote().result(timeout_s=CEILING)) for _ in range(6)}
 
     with pytest.raises(StudioError):
         ray_manager.load("no/such-model-here")

@@ -9,6 +9,7 @@ mid-run ends that request with a StudioError; Serve starts a new one meanwhile.
 """
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 import uuid
@@ -21,6 +22,17 @@ from studio.requests import GenerationRequest, GenerationResult, check_inputs
 from studio.scale import APP, NAMESPACE
 
 FORWARD_WATCH = 0.005  # seconds between the front end's looks at a run's cancel flag
+
+
+def off_loop(function, *args, **kwargs):
+    """`function(...)`, in a thread of its own if this one runs an asyncio loop: Ray's handles
+    refuse sync calls there (a caller inside an event loop, such as Playwright's sync API)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return function(*args, **kwargs)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(function, *args, **kwargs).result()
 
 
 class RayManager(PipelineManager):
@@ -49,17 +61,18 @@ class RayManager(PipelineManager):
         then on every replica: Serve's `reconfigure` with the new model's name."""
         info = super().load(name)
         self.settings.model = info.name
-        self._handle = self._deploy().options(stream=True)
+        self._handle = off_loop(self._deploy).options(stream=True)
         return info
 
     def generate(self, request: GenerationRequest, on_step=None, cancel: threading.Event | None = None,
                  start=None) -> GenerationResult:
         if start is not None:  # a branch resumes a run's kept state: the front end's own copy runs it
             return super().generate(request, on_step, cancel, start)
+        return off_loop(self._remote, check_inputs(request), on_step, cancel or threading.Event())
+
+    def _remote(self, request: GenerationRequest, on_step, cancel: threading.Event) -> GenerationResult:
         import ray
 
-        request = check_inputs(request)
-        cancel = cancel or threading.Event()
         run_id, finished = uuid.uuid4().hex, threading.Event()
 
         def forward_cancel() -> None:
