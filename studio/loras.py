@@ -68,9 +68,14 @@ def parse_selection(text: str) -> list[tuple[str, float]]:
     return list(picked.items())
 
 
+def text_of(picked: list[tuple[str, float]]) -> str:
+    """A selection as the studio writes the field: "name:0.8, other:1"."""
+    return ", ".join(f"{name}:{weight:g}" for name, weight in picked)
+
+
 def normalise(text: str) -> str:
-    """The field as the studio writes it ("name:0.8, other:1"), or StudioError naming it."""
-    return ", ".join(f"{name}:{weight:g}" for name, weight in parse_selection(text))
+    """The field as the studio writes it, or StudioError naming it."""
+    return text_of(parse_selection(text))
 
 
 def strip_tags(prompt: str) -> str:
@@ -91,33 +96,43 @@ def selection(field: str, prompt: str) -> list[tuple[str, float]]:
 
 
 class Library:
-    """The LoRA files of one folder (--lora-dir), by name: the file's name without its suffix."""
+    """The LoRA files of one folder (--lora-dir), by name: the file's name without its suffix.
+
+    The folder is walked when it is listed (the picker's "Refresh list", the API's list) and when a
+    run names a LoRA the last walk did not find, or found and is gone; a run naming a known one
+    reads no folder."""
 
     def __init__(self, folder: str | Path | None, trust_pickle: bool = False):
         self.folder = Path(folder) if folder else None
         self.trust_pickle = trust_pickle
         self._hashes: dict[tuple, str] = {}
+        self._files: dict[str, Path] | None = None
 
-    def files(self) -> dict[str, Path]:
-        if self.folder is None or not self.folder.is_dir():
-            return {}
+    def files(self, fresh: bool = False) -> dict[str, Path]:
+        if self._files is not None and not fresh:
+            return self._files
         found: dict[str, Path] = {}
-        for path in sorted(self.folder.rglob("*")):
-            if path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) and path.is_file():
-                found.setdefault(path.stem, path)
+        if self.folder is not None and self.folder.is_dir():
+            for path in sorted(self.folder.rglob("*")):
+                if path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) and path.is_file():
+                    found.setdefault(path.stem, path)
+        self._files = found
         return found
 
+    def find(self, name: str) -> Path | None:
+        path = self.files().get(name)
+        if path is None or not path.is_file():
+            path = self.files(fresh=True).get(name)
+        return path
+
     def names(self) -> list[str]:
-        """The LoRAs a request may name (pickles only with --trust-pickle)."""
-        return [n for n, p in self.files().items() if self.trust_pickle or p.suffix.lower() == ".safetensors"]
+        """The LoRAs a request may name (pickles only with --trust-pickle), the folder walked now."""
+        return [n for n, p in self.files(fresh=True).items() if self.trust_pickle or p.suffix.lower() == ".safetensors"]
 
     def resolve(self, picked: list[tuple[str, float]]) -> list[Picked]:
-        if not picked:
-            return []
-        files = self.files()
         out = []
         for name, weight in picked:
-            path = files.get(name)
+            path = self.find(name)
             if path is None:
                 offered = ", ".join(self.names()) or "none"
                 raise StudioError(f"lora={name!r} is not in --lora-dir ({self.folder}); it has: {offered}.")
@@ -161,14 +176,15 @@ def hashes_text(picked: list[Picked]) -> str:
 def hash_notes(text: str, library: Library) -> list[str]:
     """What a PNG's `Lora hashes` ("name: hash, ...") says of the LoRAs here: one missing, or another
     version of it (another hash), is a note; matching ones say nothing."""
-    files, notes = library.files(), []
+    notes = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, theirs = (x.strip() for x in part.rpartition(":"))
-        if name not in files:
+        path = library.find(name)
+        if path is None:
             notes.append(f"LoRA {name!r} (hash {theirs}) made this picture and is not in --lora-dir here.")
             continue
         try:
-            ours = library.short_hash(name, files[name])
+            ours = library.short_hash(name, path)
         except StudioError as exc:
             notes.append(str(exc))
             continue

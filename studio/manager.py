@@ -178,7 +178,7 @@ class PipelineManager:
         picked = self.loras.resolve(loras.selection(request.loras, request.prompt))
         model.adapters.use(picked)
         kwargs = {} if model.unconditional else prompts.prompt_kwargs(
-            pipe, loras.strip_tags(request.prompt), loras.strip_tags(request.negative_prompt), request.clip_skip)
+            pipe, request.prompt, request.negative_prompt, request.clip_skip)
         if loras.tags(request.negative_prompt):
             warnings.append("The negative prompt's <lora:...> tags were left out: a LoRA is picked in the prompt.")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from studio import weighting
+from studio import loras, weighting
 
 
 def final_layer_norm(text_encoder) -> torch.nn.Module:
@@ -32,7 +32,9 @@ def encode_with_clip_skip(pipe, texts: list[str], clip_skip: int) -> torch.Tenso
 
 def prompt_kwargs(pipe, prompt: str, negative_prompt: str, clip_skip: int | None) -> dict:
     """The pipeline's prompt arguments: a prompt in A1111's syntax, or longer than the text
-    encoder's window, as weighted embeddings in chunks (studio.weighting); any other as the text."""
+    encoder's window, as weighted embeddings in chunks (studio.weighting); any other as the text.
+    `<lora:name:weight>` tags pick LoRAs (studio.loras) and are left out of the text here."""
+    prompt, negative_prompt = loras.strip_tags(prompt), loras.strip_tags(negative_prompt)
     tokenizer = getattr(pipe, "tokenizer", None)
     if tokenizer is not None and weighting.needs_embeddings(tokenizer, prompt, negative_prompt):
         return weighting.embeddings(pipe, prompt, negative_prompt, clip_skip)

@@ -7,6 +7,7 @@ import hashlib
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +172,25 @@ def test_the_hash_is_a1111s_of_the_tensors_so_new_metadata_keeps_it(tmp_path):
     data = (tmp_path / "a.safetensors").read_bytes()
     header = struct.unpack("<Q", data[:8])[0]
     assert a == b == hashlib.sha256(data[8 + header:]).hexdigest()[:12] != c
+
+
+def test_the_folder_is_walked_again_only_for_a_name_it_did_not_have(tmp_path, monkeypatch):
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "a.safetensors"))
+    library = loras.Library(tmp_path)
+    assert [p.name for p in library.resolve([("a", 1)])] == ["a"]
+    walks = []
+    real_rglob = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: walks.append(self) or real_rglob(self, pattern))
+    library.resolve([("a", 0.5)])
+    assert walks == []  # a known name: no walk
+    (tmp_path / "sub").mkdir()
+    save_file({"w": torch.ones(2)}, str(tmp_path / "sub" / "b.safetensors"))
+    assert [p.name for p in library.resolve([("a", 1), ("b", 1)])] == ["a", "b"]  # added since: found
+    assert len(walks) == 1
+    (tmp_path / "a.safetensors").unlink()
+    with pytest.raises(StudioError, match=r"lora='a' is not in --lora-dir .*it has: b"):
+        library.resolve([("a", 1)])  # gone since: said so, not a stale path
+    assert loras.hash_notes("a: 0123456789ab", library)[0].startswith("LoRA 'a' (hash 0123456789ab) made this")
 
 
 def test_the_png_records_the_pick_and_its_hash_and_reads_them_back(bundled_manager):

@@ -73,6 +73,7 @@ def switch(value, manager, settings) -> None:
 def lora_list(manager) -> list[dict]:
     """GET /sdapi/v1/loras: name, alias and path (inside --lora-dir, never the server's own path)."""
     library = manager.loras
+    names = library.names()  # the folder walked now
     files = library.files()
     return [{"name": name, "alias": name, "path": str(files[name].relative_to(library.folder)), "metadata": {}}
-            for name in library.names()]
+            for name in names]

@@ -22,14 +22,10 @@ def parsed(text: str) -> list[tuple[str, float]]:
         return []  # typed text that does not parse yet: the run names the fault
 
 
-def text_of(picked: list[tuple[str, float]]) -> str:
-    return ", ".join(f"{name}:{weight:g}" for name, weight in picked)
-
-
 def picked_names(chosen, text):
     """The dropdown's names, each keeping the weight the text gave it (new ones: 1)."""
     weights = dict(parsed(text))
-    return text_of([(name, weights.get(name, 1.0)) for name in chosen or []])
+    return loras.text_of([(name, weights.get(name, 1.0)) for name in chosen or []])
 
 
 def moved(k: int):
@@ -37,7 +33,7 @@ def moved(k: int):
         picked = parsed(text)
         if k < len(picked) and weight is not None:
             picked[k] = (picked[k][0], float(weight))
-        return text_of(picked)
+        return loras.text_of(picked)
     return set_weight
 
 
@@ -45,7 +41,7 @@ def redraw(text, offered: list[str]):
     """The accordion (its title names the pick; a pick opens it), the dropdown's value and each
     slider (shown, named and set) for the text's LoRAs."""
     picked = parsed(text)
-    box = gr.Accordion(label=f"LoRA: {text_of(picked)}", open=True) if picked else gr.Accordion(label="LoRA")
+    box = gr.Accordion(label=f"LoRA: {loras.text_of(picked)}", open=True) if picked else gr.Accordion(label="LoRA")
     sliders = [gr.Slider(visible=k < len(picked), label=f"{picked[k][0]} weight" if k < len(picked) else "weight",
                          value=picked[k][1] if k < len(picked) else 1.0) for k in range(loras.MAX_LORAS)]
     return [box, gr.Dropdown(choices=sorted(set(offered) | {n for n, _ in picked}), value=[n for n, _ in picked]),
