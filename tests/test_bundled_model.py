@@ -3,9 +3,7 @@
 Its pictures have measurable meaning, read by the deterministic pixel classifier in
 training/classify.py, so these tests check behaviour, not just shapes. Seeds are fixed.
 """
-import numpy as np
 import pytest
-import torch
 
 # The bundled model v8 meets the evaluation's bars (see its model card), but some behaviour we
 # require is not there yet. These tests state it; strict xfail makes the suite fail the day one
@@ -13,23 +11,12 @@ import torch
 MODEL_GAP = pytest.mark.xfail(strict=True, reason="the bundled model (v8) does not do this yet (model card, Limits)")
 
 from diffusers import StableDiffusionPipeline
-from PIL import Image
 
 from studio import schedulers
 from studio.config import DEFAULT_MODEL, Settings, parse_settings
 from studio.requests import GenerationRequest
-from training import classify, evaluate, shapes
-
-
-def verdict(image: Image.Image) -> classify.Verdict:
-    return classify.classify(np.asarray(image.convert("RGB")))
-
-
-def share_of(images, colour: str) -> float:
-    """Fraction of all pixels whose nearest palette colour is `colour`."""
-    pixels = np.concatenate([np.asarray(im, np.float32).reshape(-1, 3) for im in images])
-    nearest = np.argmin(((pixels[:, None, :] - classify.PALETTE[None]) ** 2).sum(-1), axis=1)
-    return float((nearest == classify.NAMES.index(colour)).mean())
+from training import behaviour, shapes
+from training.behaviour import SAMPLER_PROMPTS, verdict
 
 
 def test_it_loads_offline_as_a_plain_stable_diffusion_pipeline():
@@ -67,13 +54,9 @@ def test_a_prompts_shape_and_place_show_in_the_image(bundled_manager, prompt):
 
 
 def test_the_negative_prompt_red_lowers_the_red_share(bundled_manager):
-    def images(negative_prompt: str) -> list:
-        return [image for seed in (10, 20, 30) for image in bundled_manager.generate(GenerationRequest(
-            prompt="a large circle", negative_prompt=negative_prompt, num_images_per_prompt=8, seed=seed)).images]
-
-    plain = share_of(images(""), "red")
+    plain = behaviour.negative_red(bundled_manager, "")
     assert plain > 0.05  # red does come up without the negative prompt (v8: 0.10)
-    assert share_of(images("red"), "red") < 0.5 * plain
+    assert behaviour.negative_red(bundled_manager, "red") < 0.5 * plain
 
 
 # Over the evaluation's 576 held-out pictures v8 reads colour 89.4% -> 96.5%, shape 77.4% ->
@@ -82,39 +65,21 @@ def test_the_negative_prompt_red_lowers_the_red_share(bundled_manager):
 # (v6 already drew colour, background and size right without guidance; 8 prompts counting only
 # those three were 24 of 24 at both.)
 def test_higher_guidance_follows_the_prompt_more_closely(bundled_manager):
-    scenes = evaluate.held_out_scenes()[::9]
-    attributes = ("colour", "background", "shape", "size", "position")
-
-    def correct(guidance: float) -> int:
-        hits = 0
-        for i, scene in enumerate(scenes):
-            seen = verdict(bundled_manager.generate(GenerationRequest(
-                prompt=shapes.caption(scene), seed=i, guidance_scale=guidance)).images[0])
-            hits += sum(getattr(seen, a) == getattr(scene, a) for a in attributes)
-        return hits
-
-    assert correct(7.5) > correct(1.0)
-
-
-@pytest.fixture(scope="module")
-def red_circle() -> Image.Image:
-    return shapes.render(shapes.Scene("red", "circle", "white", "large", "center", 14, 32, 32))
+    assert behaviour.guidance_hits(bundled_manager, 7.5) > behaviour.guidance_hits(bundled_manager, 1.0)
 
 
 # v8 keeps the red circle up to strength 0.3 at guidance 1, 3 and 7.5 (seeds 0-3), and at 7.5
 # changes it from 0.4 (a red or purple square) and draws the blue square from 0.5. v6 made the
 # blue square at guidance 7.5 from strength 0.1 (see "captions swapped at low noise" in the card).
-def test_img2img_at_low_strength_keeps_the_picture(bundled_manager, red_circle):
-    result = bundled_manager.generate(GenerationRequest(
-        prompt="a large blue square in the center on a white background", image=red_circle, strength=0.2, seed=0))
-    seen = verdict(result.images[0])
+@pytest.mark.parametrize("seed", range(4))
+def test_img2img_at_strength_03_keeps_the_picture(bundled_manager, seed):
+    seen = behaviour.img2img(bundled_manager, 0.3, seed)
     assert (seen.colour, seen.shape) == ("red", "circle")
 
 
-def test_img2img_at_high_strength_follows_the_prompt(bundled_manager, red_circle):
-    result = bundled_manager.generate(GenerationRequest(
-        prompt="a large blue square in the center on a white background", image=red_circle, strength=0.9, seed=0))
-    seen = verdict(result.images[0])
+@pytest.mark.parametrize("seed", range(4))
+def test_img2img_from_strength_05_follows_the_prompt(bundled_manager, seed):
+    seen = behaviour.img2img(bundled_manager, 0.5, seed)
     assert (seen.colour, seen.shape) == ("blue", "square")
 
 
@@ -128,8 +93,6 @@ def test_img2img_at_high_strength_follows_the_prompt(bundled_manager, red_circle
 # magnifies how fast the guided x0 moves: 12 of 16 at guidance 2, 8 at 4, 7 at 7.5, 4 at 10.
 # diffusers matches k-diffusion's sample_dpm_2_ancestral (a hand-written loop scored the same);
 # on an exact two-mode denoiser at guidance 7.5 it lands in the prompted mode 0.61 of the time.
-SAMPLER_PROMPTS = [(f"a {('large', 'small')[i % 2]} {colour} {shape} on a {background} background", colour, background)
-                   for i, (colour, shape, background) in enumerate(shapes.HELD_OUT)]
 SAMPLER_GAPS = {("DPM2 a", 8)}
 
 
@@ -138,13 +101,8 @@ SAMPLER_GAPS = {("DPM2 a", 8)}
 def test_every_sampler_draws_the_prompts_colours(bundled_manager, name, steps, request):
     if (name, steps) in SAMPLER_GAPS:
         request.applymarker(MODEL_GAP)
-    pipe = bundled_manager.loaded.txt2img
-    seeds = list(range(len(SAMPLER_PROMPTS)))
-    pipe.scheduler = schedulers.make_scheduler(name, bundled_manager.loaded.scheduler_config, seeds)
-    images = pipe([p for p, _, _ in SAMPLER_PROMPTS], num_inference_steps=steps, guidance_scale=7.5,
-                  generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pil").images
-    drawn = [(v.colour, v.background) for v in map(verdict, images)]
-    right = sum(seen == (colour, background) for seen, (_, colour, background) in zip(drawn, SAMPLER_PROMPTS))
+    drawn = [(v.colour, v.background) for v in behaviour.sampler_verdicts(bundled_manager, name, steps)]
+    right = sum(seen == (colour, background) for seen, (_, colour, _, background) in zip(drawn, SAMPLER_PROMPTS))
     assert right >= 12, f"{name} at {steps} steps drew {right} of {len(SAMPLER_PROMPTS)}: {drawn}"
 
 

@@ -214,6 +214,23 @@ def test_a_model_switch_reaches_every_replica_and_a_failed_one_keeps_the_model(r
         ray_manager.load(Settings().model)
 
 
+def test_a_switch_the_replicas_refuse_after_the_front_end_loaded_it_keeps_the_model_everywhere(ray_manager, tiny_dirs):
+    deploy = ray_manager._deploy
+
+    def refused():
+        raise RuntimeError("the cluster has no room for the new replicas")
+
+    ray_manager._deploy = refused
+    try:
+        with pytest.raises(StudioError, match=r"model='.*sd1.*' loaded here, but Ray Serve could not deploy it .*no room"):
+            ray_manager.load(str(tiny_dirs["sd1"]))
+    finally:
+        ray_manager._deploy = deploy
+    assert ray_manager.info.name == ray_manager.settings.model == Settings().model
+    result = ray_manager.generate(GenerationRequest(prompt=PROMPT, seed=3, num_inference_steps=4))
+    assert result.images and ray_manager.info.name == Settings().model
+
+
 def test_the_a1111_api_and_a_ui_session_work_through_the_replicas_and_a_kill_loses_no_session(ray_manager, in_process):
     """`--api` over the Ray backend gives the in-process pixels; a UI session's History is the
     front end's, so it outlives replicas killed under it."""

@@ -19,7 +19,8 @@ from studio.config import Settings
 from studio.errors import StudioError
 from studio.manager import PipelineManager
 from studio.requests import GenerationRequest, GenerationResult, check_inputs
-from studio.scale import APP, NAMESPACE
+from studio import scale
+from studio.scale import APP
 
 FORWARD_WATCH = 0.005  # seconds between the front end's looks at a run's cancel flag
 
@@ -48,8 +49,7 @@ class RayManager(PipelineManager):
         # streams of several runs at once (the in-process manager has one worker thread)
         self._worker = concurrent.futures.ThreadPoolExecutor(replicas + 1, thread_name_prefix="studio-ray")
         if not ray.is_initialized():
-            ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
-                     **({} if address else {"num_cpus": max(replicas * max(threads, 1), 1)}))
+            scale.join(address, log_to_driver=False, **({} if address else {"num_cpus": max(replicas * max(threads, 1), 1)}))
         serve.start(proxy_location="Disabled")
         self._board = deployment.board()
         self._deploy = lambda: serve.run(deployment.application(self.settings, replicas, threads), name=APP,
@@ -59,9 +59,18 @@ class RayManager(PipelineManager):
     def load(self, name: str | None = None):
         """Load here first (a failed load keeps the current model, here and on every replica),
         then on every replica: Serve's `reconfigure` with the new model's name."""
+        before = self.info.name if self._model is not None else None
         info = super().load(name)
         self.settings.model = info.name
-        self._handle = off_loop(self._deploy).options(stream=True)
+        try:
+            self._handle = off_loop(self._deploy).options(stream=True)
+        except Exception as exc:  # loaded here but not on the replicas: go back to what they run
+            if before is None or before == info.name:
+                raise StudioError(f"Ray Serve could not start the generation replicas: {type(exc).__name__}: {exc}") from None
+            self.settings.model = before
+            super().load(before)
+            raise StudioError(f"model={info.name!r} loaded here, but Ray Serve could not deploy it to the replicas "
+                              f"({type(exc).__name__}: {exc}); every part keeps {before!r}.") from None
         return info
 
     def generate(self, request: GenerationRequest, on_step=None, cancel: threading.Event | None = None,

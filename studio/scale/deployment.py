@@ -18,7 +18,7 @@ from ray import serve
 
 from studio import streams
 from studio.config import Settings
-from studio.scale import BOARD, NAMESPACE
+from studio.scale import BOARD, JOIN_HINT, NAMESPACE, join
 
 @ray.remote(num_cpus=0)
 class CancelBoard:
@@ -126,12 +126,13 @@ def serve_forever(settings: Settings, address: str | None, replicas: int, thread
 
     from studio.scale import APP
 
-    ray.init(address=address, namespace=NAMESPACE, include_dashboard=False)
+    join(address)
     serve.start(proxy_location="Disabled")
     board()
     serve.run(application(settings, replicas, threads), name=APP, route_prefix=None)
+    address = ray.get_runtime_context().gcs_address
     print(f"{replicas} generation replica(s) of {settings.model} are up as Serve application {APP!r}; "
-          f"start the studio with: python app.py --ray {address or 'auto'} --replicas {replicas}", flush=True)
+          f"start the studio with: python app.py --ray {address} --replicas {replicas} ({JOIN_HINT})", flush=True)
     try:
         while True:
             time.sleep(3600)
