@@ -32,6 +32,17 @@ def test_a_picture_shown_again_is_served_from_the_same_file_not_rewritten():
     assert not [p for p in os.listdir(first.parent) if p.startswith(".")]  # no half-written staging file
 
 
+def test_a_picture_the_cache_pruning_took_is_written_again_and_a_kept_one_marked_in_use():
+    picture = Image.new("RGB", (64, 64), (30, 200, 30))
+    first = Path(cache.picture_file(picture))
+    os.utime(first, (0, 0))
+    assert Path(cache.picture_file(picture)) == first and first.stat().st_mtime > 1e9  # touched: in use
+    first.unlink()  # the pruning took it, as it may between a look and the touch
+    assert cache.touch(first) is False  # not FileNotFoundError out of the request
+    assert Path(cache.picture_file(picture)) == first
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(picture))
+
+
 def test_the_header_and_the_slider_count_the_steps_that_ran(bundled_manager, img2img_run):
     runs = SessionHistory().add_run(img2img_run, ())
     slider, noisy, clean, caption, chart, strip, frames = viewer_tab.load_run(bundled_manager, runs, None, "fast")

@@ -43,8 +43,7 @@ def served(path: str | None) -> str | None:
     stat = source.stat()
     key = (str(source.resolve()), stat.st_size, stat.st_mtime_ns)
     known = SERVED.get(key)
-    if known is not None and Path(known).exists():
-        os.utime(known)  # in use: the cache pruning ages files by their time
+    if known is not None and touch(known):
         SERVED.move_to_end(key)
         return known
     SERVED[key] = copy = cached_file(source.read_bytes(), source.name)
@@ -59,6 +58,16 @@ SERVED: OrderedDict = OrderedDict()  # (path, size, mtime) -> its cached copy, n
 SERVED_MEMO = 4096
 
 
+def touch(path) -> bool:
+    """Mark a cached file as in use (the studio's cache pruning ages files by their time); False if
+    it is gone, also when the pruning took it between a look and the touch."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def is_cached(path: Path) -> bool:
     return Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve())
 
@@ -66,8 +75,7 @@ def is_cached(path: Path) -> bool:
 def cached_file(data: bytes, name: str) -> str:
     """`data` as <Gradio cache>/<seeded hash of data>/<name>, written whole, only once."""
     path = Path(get_upload_folder()) / hash_bytes(data) / name
-    if path.exists():
-        os.utime(path)  # the studio's cache pruning ages files by their time: this one is in use
+    if touch(path):
         return str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.")
