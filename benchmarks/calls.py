@@ -3,6 +3,7 @@ pictures they must give (made alone in this process), and reading the pictures b
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
@@ -96,5 +97,13 @@ def pictures(gallery) -> list:
     return gallery["value"] if isinstance(gallery, dict) else gallery
 
 
-def pixels(path: str) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+def pixels(file) -> np.ndarray:
+    """A picture's pixels: a downloaded file's path, or an output the client did not download
+    (`download_files=False`: a dict with the file's URL), fetched from the server."""
+    if isinstance(file, dict):
+        import httpx
+
+        response = httpx.get(file["url"], timeout=60)
+        response.raise_for_status()
+        file = io.BytesIO(response.content)
+    return np.asarray(Image.open(file).convert("RGB"))

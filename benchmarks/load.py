@@ -52,7 +52,10 @@ def run_session(url: str, calls: list[Call], start: str, expected: dict) -> list
     """One gradio_client session making its calls in order; each call's outcome and latency."""
     from gradio_client import Client
 
-    client, records, last = Client(url, verbose=False), [], None
+    # Only the answer's pictures are fetched: with download_files, gradio_client also downloads
+    # every step preview a run streams, which took these clients half a core (a browser shows them
+    # from another machine).
+    client, records, last = Client(url, verbose=False, download_files=False), [], None
     for call in calls:
         began = time.perf_counter()
         record = {"client": call.client, "index": call.index, "kind": call.kind, "ok": False}
