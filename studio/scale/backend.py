@@ -19,8 +19,7 @@ from studio.config import Settings
 from studio.errors import StudioError
 from studio.manager import PipelineManager
 from studio.requests import GenerationRequest, GenerationResult, check_inputs
-from studio import scale
-from studio.scale import APP
+from studio.scale import APP, join
 
 FORWARD_WATCH = 0.005  # seconds between the front end's looks at a run's cancel flag
 
@@ -49,7 +48,7 @@ class RayManager(PipelineManager):
         # streams of several runs at once (the in-process manager has one worker thread)
         self._worker = concurrent.futures.ThreadPoolExecutor(replicas + 1, thread_name_prefix="studio-ray")
         if not ray.is_initialized():
-            scale.join(address, log_to_driver=False, **({} if address else {"num_cpus": max(replicas * max(threads, 1), 1)}))
+            join(address, log_to_driver=False, **({} if address else {"num_cpus": max(replicas * max(threads, 1), 1)}))
         serve.start(proxy_location="Disabled")
         self._board = deployment.board()
         self._deploy = lambda: serve.run(deployment.application(self.settings, replicas, threads), name=APP,

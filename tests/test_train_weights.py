@@ -1,0 +1,27 @@
+"""training.train's per-latent-pixel loss weights: where the shape, and where its outline, is."""
+import torch
+
+from training import shapes, train
+
+
+def picture(scene: shapes.Scene) -> torch.Tensor:
+    return torch.from_numpy(shapes.render_batch([scene])).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def test_the_shape_and_its_neighbours_weigh_more_and_the_far_background_one():
+    square = picture(shapes.Scene("red", "square", "white", "large", "center", 12, 32, 32))  # pixels 20-44
+    weights = train.foreground_weights(square, extra=4.0)[0, 0]
+    assert weights.shape == (16, 16)
+    assert weights[8, 8] == 5 and weights[4, 8] == 5  # inside, and one latent pixel past the edge (rows 5-10)
+    assert weights[0, 0] == 1 and weights[15, 8] == 1
+
+
+def test_the_edge_weight_lands_on_the_latent_pixels_the_outline_crosses_and_their_neighbours():
+    circle = picture(shapes.Scene("blue", "circle", "yellow", "large", "center", 12, 32, 32))
+    plain = train.foreground_weights(circle, extra=4.0)
+    edged = train.foreground_weights(circle, extra=4.0, edge=3.0)
+    assert torch.equal(train.foreground_weights(circle, extra=4.0, edge=0.0), plain)
+    extra = (edged - plain)[0, 0]
+    assert set(extra.unique().tolist()) == {0.0, 3.0}
+    assert extra[8, 8] == 0 and extra[0, 0] == 0  # the middle of the circle, and far off: no outline
+    assert extra[8, 5] == 3 and extra[5, 8] == 3  # across its left and top edges (x, y about 20)
