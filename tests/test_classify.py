@@ -4,6 +4,8 @@ It is the evaluation's judge, so it is checked on pictures whose truth is known:
 drawings of every held-out scene, the same drawings with faint noise, and their round trips
 through the bundled model's own VAE, which a person reads as the scene drawn.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -64,3 +66,17 @@ def test_the_box_iou_scores_the_drawings_high_and_another_shape_low(drawings):
     other = {"circle": "square", "square": "triangle", "triangle": "circle"}
     swapped = [classify.box_iou(image, other[scene.shape]) for image, scene in zip(drawings, SCENES)]
     assert min(right) >= 0.9 and np.median(swapped) < 0.8, (min(right), np.median(swapped))
+
+
+
+def test_the_evaluation_names_each_miss_by_its_scene_and_what_was_read():
+    # One scene of each held-out triple; the first three drawn with the last one's colours and shape.
+    asked = SCENES[::18]
+    last = asked[-1]
+    drawn = [dataclasses.replace(s, colour=last.colour, shape=last.shape, background=last.background)
+             if i < 3 else s for i, s in enumerate(asked)]
+    found = evaluate.misses([classify.classify(image) for image in shapes.render_batch(drawn)], asked)
+    expected = {a: {f"{s.size} {s.colour} {s.shape} on {s.background} -> {getattr(last, a)}": 1
+                    for s in asked[:3] if getattr(s, a) != getattr(last, a)}
+                for a in ("colour", "background", "shape")}
+    assert found == expected and all(found.values())
