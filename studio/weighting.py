@@ -122,7 +122,13 @@ def encode_chunks(tokenizer, encoder, chunks, layer: int | None, norm=None, pool
             first_pooled = out[0]  # CLIPTextModelWithProjection: text_embeds
         before = hidden.float().mean()
         weighted = hidden.float() * weights.to(device)[None, :, None]
-        pieces.append((weighted * (before / weighted.mean())).to(hidden.dtype))
+        after = weighted.mean()
+        # A1111 restores the chunk's mean after weighting. A mean of exactly 0 (seen with a tiny
+        # random encoder on one CPU, its layer-normed outputs summing to nothing) has nothing to
+        # restore, and 0 / 0 would make every embedding NaN.
+        if after != 0:
+            weighted = weighted * (before / after)
+        pieces.append(weighted.to(hidden.dtype))
     return torch.cat(pieces, dim=1), first_pooled
 
 

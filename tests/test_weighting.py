@@ -119,3 +119,21 @@ def test_a_weighted_prompt_runs_end_to_end_and_changes_the_picture(make_manager,
     weighted = manager.generate(GenerationRequest(prompt=f"({tiny.PROMPT}:1.4) BREAK a cat", **steps))
     assert weighted.images[0].size == plain.images[0].size
     assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(weighted.images[0]))
+
+
+def test_a_chunk_whose_embedding_averages_to_exactly_zero_stays_finite():
+    # A1111's mean restoration divides by the weighted chunk's mean. On one CPU the tiny random SD1
+    # encoder's layer-normed output of a plain 81-token prompt averaged to exactly 0.0, and 0 / 0
+    # made every embedding NaN (a NaN picture). An encoder whose output sums to nothing, for sure:
+    tokenizer = tiny.tokenizer()
+
+    class ZeroMean(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def forward(self, ids, output_hidden_states=False):
+            pattern = torch.tensor([1.0, -1.0]).repeat(4)  # (8,), mean 0 for every token
+            return (pattern.expand(1, ids.shape[1], 8).clone(),)
+
+    chunks = weighting.token_weights(tokenizer, "red circle")
+    embedded, _ = weighting.encode_chunks(tokenizer, ZeroMean(), chunks, layer=None)
+    assert torch.isfinite(embedded).all() and embedded.abs().max() == 1.0
