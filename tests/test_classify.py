@@ -68,7 +68,6 @@ def test_the_box_iou_scores_the_drawings_high_and_another_shape_low(drawings):
     assert min(right) >= 0.9 and np.median(swapped) < 0.8, (min(right), np.median(swapped))
 
 
-
 def test_the_evaluation_names_each_miss_by_its_scene_and_what_was_read():
     # One scene of each held-out triple; the first three drawn with the last one's colours and shape.
     asked = SCENES[::18]
