@@ -1,4 +1,5 @@
-"""training.train's per-latent-pixel loss weights: where the shape, and where its outline, is."""
+"""training.train's per-latent-pixel loss weights (where the shape, and where its outline, is) and
+its caption-swap windows (small shapes may have their own)."""
 import torch
 
 from training import shapes, train
@@ -25,3 +26,13 @@ def test_the_edge_weight_lands_on_the_latent_pixels_the_outline_crosses_and_thei
     assert set(extra.unique().tolist()) == {0.0, 3.0}
     assert extra[8, 8] == 0 and extra[0, 0] == 0  # the middle of the circle, and far off: no outline
     assert extra[8, 5] == 3 and extra[5, 8] == 3  # across its left and top edges (x, y about 20)
+
+
+def test_small_shapes_get_their_own_caption_swap_window_and_by_default_the_same_one():
+    small = torch.tensor([True, False])
+    args = train.parse_args(["--low-noise-full", "150", "--low-noise-until", "350",
+                             "--small-low-noise-full", "40", "--small-low-noise-until", "120"])
+    full, until = train.swap_windows(args, small)
+    assert full.tolist() == [40, 150] and until.tolist() == [120, 350]
+    full, until = train.swap_windows(train.parse_args([]), small)
+    assert full.tolist() == [train.LOW_NOISE_FULL] * 2 and until.tolist() == [train.LOW_NOISE_UNTIL] * 2

@@ -52,6 +52,11 @@ HIGH_NOISE_FROM = 600
 # with --deep-attention, 3,400 steps: shape 98.6%, colour 97.7%, but img2img at guidance 7.5 squared
 # the circle from strength 0.2 and redrew it from 0.3, so v8's window stays.
 LOW_NOISE_FULL, LOW_NOISE_UNTIL = 150, 350
+# A small shape (4x4 latent pixels) shows its outline only at lower noise than a large one: at
+# t = 300 a large circle is plainly round while a small one is a blob. With the large shapes'
+# window, every v8 and v9 run's shape misses were small shapes (small circles drawn as rounded
+# squares, small squares round), decided without the caption. --small-low-noise-full/-until give
+# the small shapes their own window; img2img's "keep the picture" is a large shape's.
 # Share of captions that name only one colour of the picture (the shape's or the background's),
 # so that a bare colour word, e.g. the negative prompt "red", means "red anywhere". v7, which never
 # saw one, read "red" as a red shape: as a negative prompt it made the backgrounds red instead.
@@ -88,16 +93,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="timestep below which every caption is swapped for another picture's")
     p.add_argument("--low-noise-until", type=int, default=LOW_NOISE_UNTIL,
                    help="timestep from which no caption is swapped (the share falls linearly to it)")
+    p.add_argument("--small-low-noise-full", type=int, default=None,
+                   help="--low-noise-full for pictures of small shapes (default: the same)")
+    p.add_argument("--small-low-noise-until", type=int, default=None,
+                   help="--low-noise-until for pictures of small shapes (default: the same)")
     p.add_argument("--deep-attention", action="store_true",
                    help="attention also at 4x4 and in the middle block, as in v6")
     p.add_argument("--scale", type=int, default=1, help="width multiplier for bigger models")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.small_low_noise_full is None:
+        args.small_low_noise_full = args.low_noise_full
+    if args.small_low_noise_until is None:
+        args.small_low_noise_until = args.low_noise_until
+    return args
 
 
-def make_dataset(seed: int, count: int, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """(count, 3, 64, 64) images in [-1, 1] and (count, vocab.MAX_LENGTH) caption token ids."""
+def make_dataset(seed: int, count: int, tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(count, 3, 64, 64) images in [-1, 1], (count, vocab.MAX_LENGTH) caption token ids, and
+    (count,) bools: which pictures' shapes are small."""
     rng = random.Random(seed)
     batch = shapes.scenes(seed, count, shapes.training_triples())
     images = torch.from_numpy(shapes.render_batch(batch)).permute(0, 3, 1, 2)
@@ -105,7 +120,8 @@ def make_dataset(seed: int, count: int, tokenizer) -> tuple[torch.Tensor, torch.
                 else shapes.caption(s, rng, CAPTION_KEEP) for s in batch]
     ids = tokenizer(captions, padding="max_length", max_length=vocab.MAX_LENGTH,
                     truncation=True, return_tensors="pt").input_ids
-    return images.float() / 127.5 - 1.0, ids
+    small = torch.tensor([s.size == "small" for s in batch])
+    return images.float() / 127.5 - 1.0, ids, small
 
 
 def foreground_weights(images: torch.Tensor, extra: float, edge: float = 0.0) -> torch.Tensor:
@@ -259,7 +275,14 @@ class VLoss:
         return (per_sample * self.weights[t].to(device)).mean()
 
 
-def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
+def swap_windows(args, small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per picture, the timesteps below which every caption is swapped and from which none is."""
+    full = torch.where(small, args.small_low_noise_full, args.low_noise_full)
+    until = torch.where(small, args.small_low_noise_until, args.low_noise_until)
+    return full.float(), until.float()
+
+
+def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, small: torch.Tensor, empty_ids: torch.Tensor,
                    pixel_weights: torch.Tensor, vocab_size: int, generator: torch.Generator) -> Denoiser:
     model = Denoiser(architecture.build_unet(args.scale, args.deep_attention),
                      architecture.build_text_encoder(vocab_size, args.scale)).to(args.device)
@@ -267,12 +290,13 @@ def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, empty_ids: to
     # bottom at cosine 0.76, left and right 0.96) long before the UNet could use them.
     model.text_encoder.get_input_embeddings().weight.requires_grad_(False)
     loss = VLoss()
+    full, until = swap_windows(args, small)
 
     def loss_fn(g: torch.Generator) -> torch.Tensor:
         index = torch.randint(0, len(latents), (args.unet_batch,), generator=g)
         x0, cond = latents[index], ids[index].clone()
         t = loss.timesteps(len(x0), g)
-        share = ((args.low_noise_until - t) / (args.low_noise_until - args.low_noise_full)).clamp(0, 1)
+        share = ((until[index] - t) / (until[index] - full[index])).clamp(0, 1)
         swap = torch.rand(len(x0), generator=g) < share * args.low_noise_mismatch
         cond[swap] = ids[torch.randint(0, len(ids), (int(swap.sum()),), generator=g)]
         cond[torch.rand(len(cond), generator=g) < CAPTION_DROPOUT] = empty_ids
@@ -295,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = vocab.build_tokenizer(shapes.vocabulary())
 
     started = time.time()
-    images, ids = make_dataset(args.seed, args.images, tokenizer)
+    images, ids, small = make_dataset(args.seed, args.images, tokenizer)
     generator = torch.Generator().manual_seed(args.seed)  # from scratch: one generator for both phases
     if args.vae_from:
         vae = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae").to(args.device).eval()
@@ -307,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     vae.register_to_config(scaling_factor=scaling_factor)
     empty_ids = tokenizer("", padding="max_length", max_length=vocab.MAX_LENGTH,
                           return_tensors="pt").input_ids[0]
-    denoiser = train_denoiser(args, latents * scaling_factor, ids, empty_ids,
+    denoiser = train_denoiser(args, latents * scaling_factor, ids, small, empty_ids,
                               foreground_weights(images, args.foreground_weight, args.edge_weight), len(tokenizer),
                               generator)
 
