@@ -2,8 +2,9 @@
 
 Sized for 64x64 images and a 2-core CPU: a 4x-downsampling AutoencoderKL (16x16x4 latents),
 a 2-layer 64-wide CLIP text encoder, and a 3-level UNet with attention at the middle (8x8)
-level only. `--scale` widens everything for a bigger run on a GPU. This module only builds
-untrained modules; training is in train.py.
+level only (`fine_attention` adds cross-attention at the 16x16 level of the down path).
+`--scale` widens everything for a bigger run on a GPU. This module only builds untrained
+modules; training is in train.py.
 """
 from __future__ import annotations
 
