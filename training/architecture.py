@@ -71,11 +71,12 @@ def build_unet(scale: int = 1, deep_attention: bool = False, fine_attention: boo
         sample_size=shapes.RESOLUTION // DOWNSAMPLE,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
+        # 48 wide at 16x16 (v1: 64): 20 UNet calls 0.53 -> 0.43 s alone, one image 0.544 -> 0.513 s.
         block_out_channels=(48 * scale, 64 * scale, 128 * scale),
         down_block_types=(f"{high}DownBlock2D", "CrossAttnDownBlock2D", f"{low}DownBlock2D"),
         up_block_types=(f"{low}UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn" if deep_attention else "UNetMidBlock2D",
-        only_cross_attention=(fine_attention, False, False) if fine_attention else False,
+        only_cross_attention=(True, False, False) if fine_attention else False,
         layers_per_block=1,
         cross_attention_dim=64 * scale,
         attention_head_dim=16,
