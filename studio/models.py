@@ -271,8 +271,10 @@ def model_hash(source: ModelSource) -> str:
     """A short fingerprint of the model for PNG metadata: cheap, stable, not a security hash.
 
     A file: sha256 of its hash window, so for files over 1 MiB the first 8 digits equal
-    AUTOMATIC1111's old "model hash". A folder: its JSON configs, and each other file's name,
-    size and hash window. A Hub id: the id.
+    AUTOMATIC1111's old "model hash". A folder: what diffusers loads from it, model_index.json
+    and the component subfolders (JSON configs whole, each other file's name, size and hash
+    window); a model card, sample grid or evaluation beside them leaves the hash alone. A Hub
+    id: the id.
     """
     digest = hashlib.sha256()
     path = Path(source.location)
@@ -281,7 +283,8 @@ def model_hash(source: ModelSource) -> str:
     elif path.is_file():
         digest.update(file_window(path))
     else:
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        loaded = [p for p in path.rglob("*") if p.is_file() and (p.parent != path or p.name == "model_index.json")]
+        for f in sorted(loaded):
             digest.update(str(f.relative_to(path).as_posix()).encode())
             if f.suffix == ".json":
                 digest.update(f.read_bytes())

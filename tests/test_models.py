@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from studio import models
@@ -267,6 +268,16 @@ def test_model_hash_differs_between_folders_with_the_same_configs_but_other_weig
     other = Path(shutil.copytree(sd1_dir, tmp_path / "finetuned"))
     weights = other / "unet" / "diffusion_pytorch_model.safetensors"
     save_file({k: v + 0.01 for k, v in load_file(str(weights)).items()}, str(weights))
+    assert models.model_hash(models.resolve(str(other))) != models.model_hash(models.resolve(str(sd1_dir)))
+
+
+def test_model_hash_of_a_folder_ignores_its_model_card_and_pictures(sd1_dir, tmp_path):
+    """Editing the bundled model's card changed its hash, so a saved run refused to resume."""
+    other = Path(shutil.copytree(sd1_dir, tmp_path / "documented"))
+    (other / "README.md").write_text("# A model card\n")
+    Image.new("RGB", (8, 8)).save(other / "samples.png")
+    assert models.model_hash(models.resolve(str(other))) == models.model_hash(models.resolve(str(sd1_dir)))
+    (other / "model_index.json").write_text((other / "model_index.json").read_text().replace("{", '{"x": 1, ', 1))
     assert models.model_hash(models.resolve(str(other))) != models.model_hash(models.resolve(str(sd1_dir)))
 
 
