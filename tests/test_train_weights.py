@@ -1,6 +1,7 @@
 """training.train's per-latent-pixel loss weights (where the shape, and where its outline, is) and
-its caption-swap windows (small shapes may have their own)."""
+its caption-swap windows (small shapes may have their own), and --denoiser-seed."""
 import torch
+from safetensors.torch import load_file
 
 from training import shapes, train
 
@@ -36,3 +37,21 @@ def test_small_shapes_get_their_own_caption_swap_window_and_by_default_the_same_
     assert full.tolist() == [40, 150] and until.tolist() == [120, 350]
     full, until = train.swap_windows(train.parse_args([]), small)
     assert full.tolist() == [train.LOW_NOISE_FULL] * 2 and until.tolist() == [train.LOW_NOISE_UNTIL] * 2
+
+
+
+def trained_unet(tmp_path, name: str, *extra: str) -> dict[str, torch.Tensor]:
+    """The UNet of a tiny run: one VAE step and one denoiser step."""
+    train.main(["--work", str(tmp_path / name), "--out", str(tmp_path / name / "model"), "--images", "64",
+                "--vae-steps", "1", "--vae-batch", "4", "--unet-steps", "1", "--unet-batch", "4",
+                "--threads", "1", *extra])
+    return load_file(str(tmp_path / name / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_the_denoiser_seed_draws_another_denoiser_on_the_same_phase_1_in_one_run(tmp_path):
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    seed_1 = trained_unet(tmp_path, "one", "--denoiser-seed", "1")
+    # --vae-from a seed's phase 1 is --denoiser-seed seed + 1 on it: what two processes did, one does.
+    assert same(seed_1, trained_unet(tmp_path, "from", "--vae-from", str(tmp_path / "one" / "model")))
+    assert not same(seed_1, trained_unet(tmp_path, "two", "--denoiser-seed", "2"))
+    assert not same(seed_1, trained_unet(tmp_path, "plain"))

@@ -89,7 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-from", type=Path, default=None,
                    help="a pipeline folder whose VAE to use instead of phase 1 (the bundled model's "
                         "VAE is what phase 1 makes with seed 0, byte for byte); the denoiser then "
-                        "draws from a generator seeded seed + 1, so it differs from a run from scratch")
+                        "draws from a generator seeded seed + 1 (see --denoiser-seed)")
+    p.add_argument("--denoiser-seed", type=int, default=None,
+                   help="start phase 3 afresh: the UNet and text encoder initialised from --seed and "
+                        "their batches, timesteps and noise drawn from this seed, whatever phase 1 "
+                        "drew (default: one stream from --seed through both phases; with --vae-from, "
+                        "seed + 1). Phase 1 (the pictures and the VAE) stays --seed's")
     p.add_argument("--low-noise-full", type=int, default=LOW_NOISE_FULL,
                    help="timestep below which every caption is swapped for another picture's")
     p.add_argument("--low-noise-until", type=int, default=LOW_NOISE_UNTIL,
@@ -326,9 +331,14 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)  # from scratch: one generator for both phases
     if args.vae_from:
         vae = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae").to(args.device).eval()
-        generator = torch.Generator().manual_seed(args.seed + 1)
+        if args.denoiser_seed is None:
+            args.denoiser_seed = args.seed + 1
     else:
         vae = train_vae(args, images, generator).eval()
+    if args.denoiser_seed is not None:
+        # The denoiser's draws no longer depend on phase 1's (nor on whether it was resumed).
+        torch.manual_seed(args.seed)
+        generator = torch.Generator().manual_seed(args.denoiser_seed)
     latents = cached_latents(vae, images, args)  # (n, 4, 16, 16)
     scaling_factor = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling_factor)
