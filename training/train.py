@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         vae = train_vae(args, images, generator).eval()
     if args.denoiser_seed is not None:
-        # The denoiser's draws no longer depend on phase 1's (nor on whether it was resumed).
+        # Phase 3 draws from the seeds alone, not from where phase 1 left torch's generators.
         torch.manual_seed(args.seed)
         generator = torch.Generator().manual_seed(args.denoiser_seed)
     latents = cached_latents(vae, images, args)  # (n, 4, 16, 16)
