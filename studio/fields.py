@@ -20,6 +20,7 @@ from studio.config import PREVIEWS
 MAX_STEPS = 150
 MIN_SIDE, MAX_SIDE = 64, 2048
 MAX_GUIDANCE = 30.0
+MAX_GUIDANCE_SIGMA = 100.0  # guidance_min_sigma: SD's schedule starts at sigma 14.6
 MAX_BATCH = 8
 MAX_BATCH_COUNT = 16  # batches run one after another (A1111's "batch count")
 MAX_SEED = 2**32 - 1
@@ -77,6 +78,10 @@ FIELDS: tuple[Field, ...] = (
           1, MAX_STEPS, 1, infotext="Steps", a1111="steps", flag="--steps", axis="Steps", row="sampling"),
     Field("guidance_scale", float, 7.5, "Guidance (CFG scale)", "how strongly to follow the prompt",
           0.0, MAX_GUIDANCE, 0.5, infotext="CFG scale", a1111="cfg_scale", flag="--guidance-scale", axis="CFG scale", row="sampling"),
+    Field("guidance_min_sigma", float, None, "Guidance down to sigma",
+          "below this noise level a step follows the prompt alone: no unconditional (negative) pass, one UNet "
+          "call (studio.guidance); 0: guidance at every step; empty: the model's own", 0.0, MAX_GUIDANCE_SIGMA, 0.05,
+          optional=True, infotext="NGMS", a1111="s_min_uncond", flag="--guidance-min-sigma", axis="Guidance min sigma"),
     Field("width", int, None, "Width", "default: the model's native size", MIN_SIDE, MAX_SIDE, 8, optional=True,
           multiple_of=8, a1111="width", flag="--width", row="size"),
     Field("height", int, None, "Height", "default: the model's native size", MIN_SIDE, MAX_SIDE, 8, optional=True,
@@ -145,6 +150,7 @@ class GenerationRequest:
     loras: str = default("loras")                   # "name:weight, ..." (studio.loras)
     num_inference_steps: int = default("num_inference_steps")
     guidance_scale: float = default("guidance_scale")
+    guidance_min_sigma: float | None = default("guidance_min_sigma")  # None: the model's own (studio.guidance)
     width: int | None = default("width")            # None: the model's native size
     height: int | None = default("height")
     seed: int = default("seed")                     # -1: random

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from studio import guidance
+
 # A step "changes the picture" while x0 moves by more than this share of its RMS size. Measured
 # on the bundled model (benchmarks/settling.py, 32 held-out prompts, 20 steps): x0 at the step
 # where the moves fell below 5% for good (median step 15) showed what the prompt asked for in 27
@@ -36,6 +38,16 @@ def no_lens_reason(result) -> str | None:
                 "predicted once per step, with the prompt only, and there is nothing to compare.")
     return ("This run has no unconditional pass to compare: the model has no text (unconditional), "
             "guidance is built into it (few-step and LCM models), or the run was saved before runs kept it.")
+
+
+def unguided_note(result, step) -> str | None:
+    """Why the lens's three pictures are one at `step`, if guidance had ended there (studio.guidance)."""
+    min_sigma = result.request.guidance_min_sigma
+    if not min_sigma or guidance.guided(step.sigma, min_sigma):
+        return None
+    return (f"Step {step.index + 1}: guidance had ended. The noise (sigma {step.sigma:.2f}) was below the run's "
+            f"guidance_min_sigma {min_sigma:g}, so the model predicted once, with the prompt alone: the "
+            "unconditional, conditional and guided x0 are one picture, at any scale.")
 
 
 def remix(step, scale: float, guidance: float) -> torch.Tensor:

@@ -21,6 +21,7 @@ class LoadedModel:
     family: str
     hash: str
     native_size: int
+    defaults: dict = dataclasses.field(default_factory=dict)  # request fields the model sets (studio.models)
     _img2img: object | None = None
     _inpaint: object | None = None
     _runner: object | None = None

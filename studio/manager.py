@@ -23,7 +23,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from studio import attention as studio_attention
-from studio import devices, forward, images, inpainting, loras, models, noise, prompts, runcard, schedulers, streams
+from studio import devices, forward, guidance, images, inpainting, loras, models, noise, prompts, runcard, schedulers, streams
 from studio.config import Settings
 from studio.errors import GenerationCancelled, StudioError
 from studio.previews import PreviewDecoder
@@ -73,13 +73,14 @@ class PipelineManager:
         name = name or self.settings.model
         source = models.resolve(name, trust_pickle=self.settings.trust_pickle)
         with self._lock:
+            defaults = models.model_defaults(source)
             pipe = models.load_pipeline(source, self.dtype, self.settings.model_config)
             self._unload()  # free the old weights before the new ones go to the device
-            self._model = self._place(source, pipe)
+            self._model = self._place(source, pipe, defaults)
             self.previews.reset()
             return self.info
 
-    def _place(self, source: models.ModelSource, pipe) -> LoadedModel:
+    def _place(self, source: models.ModelSource, pipe, defaults: dict) -> LoadedModel:
         """Apply precision, memory options and the device to a freshly loaded pipeline."""
         pipe.set_progress_bar_config(disable=True)
         devices.apply_memory_options(pipe, self.settings, self.device)
@@ -87,7 +88,8 @@ class PipelineManager:
         scale = getattr(pipe, "vae_scale_factor", 1)
         return LoadedModel(source=source, txt2img=pipe, scheduler_config=dict(pipe.scheduler.config),
                            family=models.family(pipe), hash=models.model_hash(source),
-                           native_size=int(unet.config.sample_size) * scale if unet is not None else 64)
+                           native_size=int(unet.config.sample_size) * scale if unet is not None else 64,
+                           defaults=defaults)
 
     def _unload(self) -> None:
         self._model = None
@@ -171,7 +173,9 @@ class PipelineManager:
         chart = copy.deepcopy(pipe.scheduler)  # the schedule chart's: a copy (DPM++ SDE's is slow to make)
         if start is not None:
             pipe.scheduler, generators = start.prepare(pipe.scheduler, generators)
-        request = dataclasses.replace(request, width=width, height=height, seed=base_seed)
+        min_sigma = model.defaults.get("guidance_min_sigma") if request.guidance_min_sigma is None \
+            else request.guidance_min_sigma
+        request = dataclasses.replace(request, width=width, height=height, seed=base_seed, guidance_min_sigma=min_sigma)
         check_limits(request, model.native_size, self.settings.size_factor, self.settings.public)
 
         # 2. LoRAs, then the prompts: A1111's weights and long prompts in chunks (studio.weighting)
@@ -210,6 +214,9 @@ class PipelineManager:
                                       attention=studio_attention.for_run(pipe, request, len(seeds), warnings))
         recorder.trajectory.schedule = schedule_sigmas(chart, request.num_inference_steps)
         recorder.attach(pipe.scheduler, getattr(pipe, "unet", None) if self.keep_steps_state else None)
+        interval = guidance.for_run(pipe, min_sigma, request.guidance_scale, request.num_images_per_prompt)
+        if interval is not None:  # guidance only down to min_sigma (studio.guidance)
+            interval.install()
 
         # 5. Denoise and decode
         denoise_started = time.perf_counter()
@@ -220,6 +227,8 @@ class PipelineManager:
                           output_type="np", callback_on_step_end=recorder.callback, **kwargs)
         finally:
             recorder.close()
+            if interval is not None:
+                interval.remove()
         if cancel.is_set():
             done = len(recorder.trajectory.steps)
             raise GenerationCancelled(f"Stopped at step {done} of {total}.")

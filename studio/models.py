@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -128,6 +129,34 @@ def resolve_file(name: str, path: Path, trust_pickle: bool) -> ModelSource:
     if fmt == "unknown":
         raise StudioError(f"model={name!r} is neither a safetensors nor a pickle checkpoint.")
     return ModelSource(name, "file", str(path), fmt)
+
+
+# ---------------------------------------------------------------- a model's own defaults
+
+DEFAULTS_FILE = "studio.json"  # in a model folder: request defaults the model sets for itself
+MODEL_DEFAULTS = ("guidance_min_sigma",)  # the fields it may set
+
+
+def model_defaults(source: ModelSource) -> dict:
+    """What a model folder's DEFAULTS_FILE sets, e.g. {"guidance_min_sigma": 0.45} (the bundled
+    model is trained for it), each value checked as a request's; {} without one."""
+    from studio.fields import FIELD
+    from studio.requests import check_field
+
+    path = Path(source.location) / DEFAULTS_FILE
+    if source.kind != "folder" or not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StudioError(f"model={source.name!r}: {DEFAULTS_FILE} is not readable JSON ({exc}).") from exc
+    if not isinstance(values, dict) or not set(values) <= set(MODEL_DEFAULTS):
+        raise StudioError(f"model={source.name!r}: {DEFAULTS_FILE} must be a JSON object of "
+                          f"{', '.join(MODEL_DEFAULTS)}, not {values!r}.")
+    try:
+        return {name: check_field(FIELD[name], value) for name, value in values.items()}
+    except StudioError as exc:
+        raise StudioError(f"model={source.name!r}, {DEFAULTS_FILE}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- loading

@@ -14,6 +14,7 @@ takes its prompts and pictures from here); this prints the whole curve rather th
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from studio import schedulers
+from studio import guidance, schedulers
 from studio.config import DEFAULT_MODEL, Settings
 from studio.manager import PipelineManager
 from studio.requests import GenerationRequest
@@ -77,8 +78,11 @@ def sampler_verdicts(manager, name: str, steps: int) -> list[classify.Verdict]:
     pipe = manager.loaded.txt2img
     seeds = list(range(len(SAMPLER_PROMPTS)))
     pipe.scheduler = schedulers.make_scheduler(name, manager.loaded.scheduler_config, seeds)
-    images = pipe([p for p, *_ in SAMPLER_PROMPTS], num_inference_steps=steps, guidance_scale=7.5,
-                  generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pil").images
+    # the model's own guidance interval, as the manager runs it (studio.guidance)
+    interval = guidance.for_run(pipe, manager.loaded.defaults.get("guidance_min_sigma"), 7.5, len(seeds))
+    with interval or contextlib.nullcontext():
+        images = pipe([p for p, *_ in SAMPLER_PROMPTS], num_inference_steps=steps, guidance_scale=7.5,
+                      generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pil").images
     return [verdict(image) for image in images]
 
 
@@ -91,10 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     manager.load()
 
     print("img2img from a red circle, prompt", repr(BLUE_SQUARE), "(seeds 0-3):")
-    for guidance in (1.0, 7.5):
+    for scale in (1.0, 7.5):
         for strength in STRENGTHS:
-            seen = Counter(f"{v.colour} {v.shape}" for v in (img2img(manager, strength, s, guidance) for s in range(4)))
-            print(f"  guidance {guidance}, strength {strength}: {dict(seen)}")
+            seen = Counter(f"{v.colour} {v.shape}" for v in (img2img(manager, strength, s, scale) for s in range(4)))
+            print(f"  guidance {scale}, strength {strength}: {dict(seen)}")
     print(f"negative prompt 'red' on 'a large circle': red share {negative_red(manager, ''):.3f} -> "
           f"{negative_red(manager, 'red'):.3f}")
     print("guidance, attributes right of 160:", {g: guidance_hits(manager, g) for g in (1.0, 3.0, 7.5)})

@@ -93,6 +93,8 @@ def plan(body, img2img: bool) -> list[GenerationRequest]:
     if not isinstance(body, dict):
         raise FieldError("body", body, "The request body must be a JSON object of A1111's fields.")
     given = {name: body[name] for name in BY_A1111 if body.get(name) is not None}
+    if given.get("s_min_uncond") == 0:  # A1111's default ("off"), which its clients send unasked: the model's own
+        del given["s_min_uncond"]
     values = {BY_A1111[name].name: checked(name, value) for name, value in given.items()
               if img2img or not BY_A1111[name].img2img}
     values["scheduler"] = sampler(body)

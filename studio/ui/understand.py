@@ -96,8 +96,9 @@ def lens_view(manager, history, choice, step, decoder, scale):
                    (at.x0_uncond.float(), at.x0_cond.float(), lens.remix(at, float(scale), result.request.guidance_scale)))
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
-    note = (f"Step {number}: the run used guidance {result.request.guidance_scale:g}. Move the slider to see x0 "
-            "at another scale; the sampler only moves part of the way towards it at each step.")
+    note = lens.unguided_note(result, at) or (
+        f"Step {number}: the run used guidance {result.request.guidance_scale:g}. Move the slider to see x0 "
+        "at another scale; the sampler only moves part of the way towards it at each step.")
     return (cache.picture_file(u), cache.picture_file(c), cache.picture_file(g),
             cache.picture_file(lens.difference_map(u, c)), note, chart, settled)
 
