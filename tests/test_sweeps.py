@@ -45,6 +45,7 @@ def manager(sd1_dir, one_torch_thread, tmp_path_factory):
     ("guidance_scale", "1-9 [5]", (1.0, 3.0, 5.0, 7.0, 9.0)),
     ("guidance_scale", "1-2 (+0.25)", (1.0, 1.25, 1.5, 1.75, 2.0)),
     ("strength", "0.3-0.9 (+0.3)", (0.3, 0.6, 0.9)),
+    ("guidance_min_sigma", "0, 0.5, 1", (0.0, 0.5, 1.0)),
     ("scheduler", "euler a, DDIM", ("Euler a", "DDIM")),
     ("prompt_sr", 'red, "green, dark", blue', ("red", "green, dark", "blue")),
 ])
