@@ -82,6 +82,10 @@ FIELDS: tuple[Field, ...] = (
           "below this noise level a step follows the prompt alone: no unconditional (negative) pass, one UNet "
           "call (studio.guidance); 0: guidance at every step; empty: the model's own", 0.0, MAX_GUIDANCE_SIGMA, 0.05,
           optional=True, infotext="NGMS", a1111="s_min_uncond", flag="--guidance-min-sigma", axis="Guidance min sigma"),
+    Field("guidance_fade_sigma", float, None, "Guidance fades from sigma",
+          "with guidance_min_sigma: guidance fades from full at this noise level to none at that one; 0: no fade "
+          "(it stops at once); empty: the model's own", 0.0, MAX_GUIDANCE_SIGMA, 0.05, optional=True,
+          infotext="Guidance fade sigma", flag="--guidance-fade-sigma", axis="Guidance fade sigma"),
     Field("width", int, None, "Width", "default: the model's native size", MIN_SIDE, MAX_SIDE, 8, optional=True,
           multiple_of=8, a1111="width", flag="--width", row="size"),
     Field("height", int, None, "Height", "default: the model's native size", MIN_SIDE, MAX_SIDE, 8, optional=True,
@@ -151,6 +155,7 @@ class GenerationRequest:
     num_inference_steps: int = default("num_inference_steps")
     guidance_scale: float = default("guidance_scale")
     guidance_min_sigma: float | None = default("guidance_min_sigma")  # None: the model's own (studio.guidance)
+    guidance_fade_sigma: float | None = default("guidance_fade_sigma")
     width: int | None = default("width")            # None: the model's native size
     height: int | None = default("height")
     seed: int = default("seed")                     # -1: random

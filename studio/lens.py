@@ -41,13 +41,21 @@ def no_lens_reason(result) -> str | None:
 
 
 def unguided_note(result, step) -> str | None:
-    """Why the lens's three pictures are one at `step`, if guidance had ended there (studio.guidance)."""
-    min_sigma = result.request.guidance_min_sigma
-    if not min_sigma or guidance.guided(step.sigma, min_sigma):
+    """What the lens shows at `step` if guidance had ended or was fading there (studio.guidance)."""
+    r = result.request
+    if not r.guidance_min_sigma:
         return None
+    share = guidance.weight(step.sigma, r.guidance_min_sigma, r.guidance_fade_sigma)
+    if share >= 1:
+        return None
+    if share > 0:
+        return (f"Step {step.index + 1}: guidance was fading (sigma {step.sigma:.2f}, between the run's "
+                f"guidance_min_sigma {r.guidance_min_sigma:g} and guidance_fade_sigma {r.guidance_fade_sigma:g}): "
+                f"the step kept {share:.0%} of it, so the unconditional x0 shown is the faded one the step used, "
+                f"{share:.0%} of the way from the conditional x0 to the model's unconditional one.")
     return (f"Step {step.index + 1}: guidance had ended. The noise (sigma {step.sigma:.2f}) was below the run's "
-            f"guidance_min_sigma {min_sigma:g}, so the model predicted once, with the prompt alone: the "
-            "unconditional, conditional and guided x0 are one picture, at any scale.")
+            f"guidance_min_sigma {r.guidance_min_sigma:g}, so the model predicted once, with the prompt alone: "
+            "the unconditional, conditional and guided x0 are one picture, at any scale.")
 
 
 def remix(step, scale: float, guidance: float) -> torch.Tensor:

@@ -173,9 +173,12 @@ class PipelineManager:
         chart = copy.deepcopy(pipe.scheduler)  # the schedule chart's: a copy (DPM++ SDE's is slow to make)
         if start is not None:
             pipe.scheduler, generators = start.prepare(pipe.scheduler, generators)
-        min_sigma = model.defaults.get("guidance_min_sigma") if request.guidance_min_sigma is None \
-            else request.guidance_min_sigma
-        request = dataclasses.replace(request, width=width, height=height, seed=base_seed, guidance_min_sigma=min_sigma)
+        interval = {name: model.defaults.get(name) if getattr(request, name) is None else getattr(request, name)
+                    for name in ("guidance_min_sigma", "guidance_fade_sigma")}  # the model's own where unset
+        guidance.check_interval(*interval.values())
+        if not interval["guidance_min_sigma"]:  # guidance at every step: nothing fades
+            interval["guidance_fade_sigma"] = None
+        request = dataclasses.replace(request, width=width, height=height, seed=base_seed, **interval)
         check_limits(request, model.native_size, self.settings.size_factor, self.settings.public)
 
         # 2. LoRAs, then the prompts: A1111's weights and long prompts in chunks (studio.weighting)
@@ -214,7 +217,8 @@ class PipelineManager:
                                       attention=studio_attention.for_run(pipe, request, len(seeds), warnings))
         recorder.trajectory.schedule = schedule_sigmas(chart, request.num_inference_steps)
         recorder.attach(pipe.scheduler, getattr(pipe, "unet", None) if self.keep_steps_state else None)
-        interval = guidance.for_run(pipe, min_sigma, request.guidance_scale, request.num_images_per_prompt)
+        interval = guidance.for_run(pipe, request.guidance_min_sigma, request.guidance_scale,
+                                    request.num_images_per_prompt, request.guidance_fade_sigma)
         if interval is not None:  # guidance only down to min_sigma (studio.guidance)
             interval.install()
 

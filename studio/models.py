@@ -134,13 +134,14 @@ def resolve_file(name: str, path: Path, trust_pickle: bool) -> ModelSource:
 # ---------------------------------------------------------------- a model's own defaults
 
 DEFAULTS_FILE = "studio.json"  # in a model folder: request defaults the model sets for itself
-MODEL_DEFAULTS = ("guidance_min_sigma",)  # the fields it may set
+MODEL_DEFAULTS = ("guidance_min_sigma", "guidance_fade_sigma")  # the fields it may set
 
 
 def model_defaults(source: ModelSource) -> dict:
-    """What a model folder's DEFAULTS_FILE sets, e.g. {"guidance_min_sigma": 0.45} (the bundled
-    model is trained for it), each value checked as a request's; {} without one."""
+    """What a model folder's DEFAULTS_FILE sets, e.g. {"guidance_min_sigma": 0.2} (the bundled
+    model's guidance interval, studio.guidance), each value checked as a request's; {} without one."""
     from studio.fields import FIELD
+    from studio.guidance import check_interval
     from studio.requests import check_field
 
     path = Path(source.location) / DEFAULTS_FILE
@@ -154,7 +155,9 @@ def model_defaults(source: ModelSource) -> dict:
         raise StudioError(f"model={source.name!r}: {DEFAULTS_FILE} must be a JSON object of "
                           f"{', '.join(MODEL_DEFAULTS)}, not {values!r}.")
     try:
-        return {name: check_field(FIELD[name], value) for name, value in values.items()}
+        checked = {name: check_field(FIELD[name], value) for name, value in values.items()}
+        check_interval(checked.get("guidance_min_sigma"), checked.get("guidance_fade_sigma"))
+        return checked
     except StudioError as exc:
         raise StudioError(f"model={source.name!r}, {DEFAULTS_FILE}: {exc}") from exc
 

@@ -94,6 +94,8 @@ def test_a_model_folders_studio_json_sets_its_threshold_and_a_request_overrides_
 
 
 @pytest.mark.parametrize("content, named", [('{"guidance_min_sigma": -1}', "guidance_min_sigma=-1"),
+                                            ('{"guidance_min_sigma": 1, "guidance_fade_sigma": 0.5}',
+                                             "guidance_fade_sigma=0.5"),
                                             ('{"guidance_scale": 3}', "guidance_min_sigma"),
                                             ("{not json", "not readable JSON")])
 def test_a_bad_studio_json_is_refused_by_name_and_the_loaded_model_stays(make_manager, sd1_dir, tmp_path,
@@ -114,8 +116,40 @@ def test_a_bad_threshold_is_refused_naming_it(value):
         check_inputs(GenerationRequest(prompt="x", guidance_min_sigma=value))
 
 
-def test_guided_is_every_sigma_at_or_above_the_threshold():
-    assert guidance.guided(0.5, 0.5) and guidance.guided(3.0, 0.5) and not guidance.guided(0.49, 0.5)
+def test_the_share_of_guidance_is_whole_above_the_fade_none_below_the_end_and_linear_between():
+    assert guidance.weight(0.5, 0.5) == 1 and guidance.weight(3.0, 0.5) == 1 and guidance.weight(0.49, 0.5) == 0
+    assert guidance.weight(0.8, 0.2, 0.8) == 1 and guidance.weight(0.19, 0.2, 0.8) == 0
+    assert guidance.weight(0.5, 0.2, 0.8) == pytest.approx(0.5) and guidance.weight(0.2, 0.2, 0.8) == 0
+
+
+def test_in_the_fade_a_step_keeps_its_share_of_the_guidance(make_manager, sd1_dir):
+    manager = make_manager(sd1_dir)
+    plain = run(manager, scheduler="Euler")
+    sigmas = [s.sigma for s in plain.trajectory.steps]
+    low, high = sigmas[4] - 1e-3, sigmas[2] - 1e-3  # steps 1-3 keep all, 4-5 a share, 6 none
+    sizes, handle = batch_sizes(manager.loaded.txt2img.unet)
+    try:
+        faded = run(manager, scheduler="Euler", guidance_min_sigma=low, guidance_fade_sigma=high)
+    finally:
+        handle.remove()
+    assert sizes == [2, 2, 2, 2, 2, 1]
+    for before, after in zip(plain.trajectory.steps[:3], faded.trajectory.steps[:3]):
+        assert torch.equal(before.x0, after.x0)
+    # step 4 starts where the plain run's did: its unconditional half is handed on w of the way back
+    share = guidance.weight(sigmas[3], low, high)
+    assert 0 < share < 1
+    step, same = faded.trajectory.steps[3], plain.trajectory.steps[3]
+    u, c = same.x0_uncond.float(), same.x0_cond.float()
+    assert torch.allclose(step.x0_uncond.float(), c + share * (u - c), atol=0.01 * float(c.abs().max()) + 1e-3)
+    assert torch.equal(step.x0_cond, same.x0_cond)
+
+
+@pytest.mark.parametrize("fade", [0.5, 0.3])
+def test_a_fade_not_above_the_end_is_refused_naming_it(make_manager, sd1_dir, fade):
+    manager = make_manager(sd1_dir)
+    with pytest.raises(StudioError, match=f"guidance_fade_sigma={fade} is not allowed: .*guidance_min_sigma=0.5"):
+        run(manager, guidance_min_sigma=0.5, guidance_fade_sigma=fade)
+    assert run(manager, guidance_min_sigma=0.5, guidance_fade_sigma=0.0).images  # 0: no fade, and it serves on
 
 
 @pytest.mark.parametrize("sent, expected", [(None, None), (0, None), (0.6, 0.6)])

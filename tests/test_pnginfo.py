@@ -62,7 +62,7 @@ def test_our_parameters_text_maps_back_to_every_request_field():
                       "num_inference_steps": 12, "guidance_scale": 4.5, "width": 64, "height": 64,
                       "scheduler": "Euler a", "seed": 99, "num_images_per_prompt": 1,
                       "subseed": -1, "subseed_strength": 0.0, "clip_skip": None, "loras": "",
-                      "guidance_min_sigma": None}  # left out: unused or the model's own
+                      "guidance_min_sigma": None, "guidance_fade_sigma": None}  # left out: unused or the model's own
     assert GenerationRequest(**fields).prompt == result.request.prompt
 
 
@@ -78,7 +78,7 @@ def test_an_a1111_text_with_quoted_values_maps_to_fields():
                       "num_inference_steps": 28, "guidance_scale": 7.0, "seed": 1234567890,
                       "width": 512, "height": 768, "scheduler": "DPM++ 2M Karras", "strength": 0.45,
                       "clip_skip": 2, "num_images_per_prompt": 1, "subseed": -1, "subseed_strength": 0.0,
-                      "loras": "", "guidance_min_sigma": None}  # A1111 picks its LoRAs in the prompt
+                      "loras": "", "guidance_min_sigma": None, "guidance_fade_sigma": None}  # A1111 picks its LoRAs in the prompt
 
 
 def test_a_value_with_a_comma_or_colon_is_quoted_in_our_text_and_read_back():

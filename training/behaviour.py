@@ -79,7 +79,8 @@ def sampler_verdicts(manager, name: str, steps: int) -> list[classify.Verdict]:
     seeds = list(range(len(SAMPLER_PROMPTS)))
     pipe.scheduler = schedulers.make_scheduler(name, manager.loaded.scheduler_config, seeds)
     # the model's own guidance interval, as the manager runs it (studio.guidance)
-    interval = guidance.for_run(pipe, manager.loaded.defaults.get("guidance_min_sigma"), 7.5, len(seeds))
+    own = manager.loaded.defaults
+    interval = guidance.for_run(pipe, own.get("guidance_min_sigma"), 7.5, len(seeds), own.get("guidance_fade_sigma"))
     with interval or contextlib.nullcontext():
         images = pipe([p for p, *_ in SAMPLER_PROMPTS], num_inference_steps=steps, guidance_scale=7.5,
                       generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pil").images

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance-min-sigma", type=float, default=None,
                    help="guidance only down to this noise level (studio.guidance; 0: every step; default: the "
                         "model's own, its studio.json)")
+    p.add_argument("--guidance-fade-sigma", type=float, default=None,
+                   help="guidance fades from this noise level down to --guidance-min-sigma (default: the model's own)")
     p.add_argument("--scheduler", default=schedulers.DEFAULT,
                    help="a studio sampler name (default: the model's own scheduler)")
     p.add_argument("--grid", type=Path, default=None, help="default: <model>/samples.png")
@@ -64,7 +66,8 @@ def generate(pipe, prompts: list[str], seeds: list[int], args) -> list[np.ndarra
         chunk = slice(start, start + args.batch)
         pipe.scheduler = schedulers.make_scheduler(args.scheduler, config, seeds[chunk])
         generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
-        interval = guidance.for_run(pipe, args.guidance_min_sigma, args.guidance_scale, len(generators))
+        interval = guidance.for_run(pipe, args.guidance_min_sigma, args.guidance_scale, len(generators),
+                                    args.guidance_fade_sigma)
         with interval or contextlib.nullcontext():
             out = pipe(prompts[chunk], num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                        generator=generators, output_type="np").images
@@ -125,8 +128,10 @@ def markdown(accuracy: dict[str, float], fit: float, psnr: float, count: int) ->
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
-    if args.guidance_min_sigma is None:
-        args.guidance_min_sigma = models.model_defaults(models.resolve(str(args.model))).get("guidance_min_sigma")
+    own = models.model_defaults(models.resolve(str(args.model)))
+    for name in ("guidance_min_sigma", "guidance_fade_sigma"):
+        if getattr(args, name) is None:
+            setattr(args, name, own.get(name))
     pipe.set_progress_bar_config(disable=True)
     scenes = held_out_scenes() * args.seeds
     prompts = [shapes.caption(s) for s in scenes]
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     sample_grid([images[i] for i in picks], [prompts[i] for i in picks]).save(
         args.grid or args.model / f"samples{suffix}.png")
     result = {"images": len(images), "steps": args.steps, "guidance_scale": args.guidance_scale,
-              "guidance_min_sigma": args.guidance_min_sigma,
+              "guidance_min_sigma": args.guidance_min_sigma, "guidance_fade_sigma": args.guidance_fade_sigma,
               "scheduler": args.scheduler, "accuracy": accuracy, "shape_fit_median": round(fit, 3), **iou,
               "vae_psnr_db": round(psnr, 2), "misses": misses(verdicts, scenes),
               "passed": bool(all(accuracy[k] >= b for k, b in BARS.items()) and psnr >= PSNR_BAR)}
