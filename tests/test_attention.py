@@ -14,7 +14,7 @@ from PIL import Image
 from studio import attention, runs
 from studio.errors import StudioError
 from studio.requests import GenerationRequest
-from training import classify, localise
+from training import localise
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -113,12 +113,9 @@ def test_clicking_a_pixel_ranks_the_words_by_their_share_of_its_attention(record
         assert centre[word] == pytest.approx(sum(float(maps[list(w.tokens), 8, 8].sum()) for w in words if w.text == word))
     shares = list(centre.values())
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.01
-    # the colour word weighs more where the red circle was drawn than in the corner farthest from it
-    cover = classify.read_colours(np.asarray(recorded_run[0].images[0].convert("RGB")))[2]  # (h, w)
-    rows, cols = np.nonzero(cover > 0.5)
-    x, y = cols.mean() / cover.shape[1], rows.mean() / cover.shape[0]
-    far = (0.02 if x > 0.5 else 0.98, 0.02 if y > 0.5 else 0.98)
-    assert dict(attention.ranking(maps, trajectory, x, y))["red"] > dict(attention.ranking(maps, trajectory, *far))["red"]
+    # the large red circle is drawn in the middle: its colour word weighs more there than in a corner
+    corner = dict(attention.ranking(maps, trajectory, 0.02, 0.02))
+    assert centre["red"] > corner["red"]
 
 
 def test_inspect_writes_a_words_map_at_a_step_and_over_all_steps(recorded_run, tmp_path):
@@ -152,10 +149,9 @@ def test_the_background_colour_words_map_avoids_the_shape(localisation):
     assert figures["median"] < 1 and figures["below_1"] >= 0.75, figures
 
 
-@pytest.mark.xfail(strict=True, reason="v9's shape-word maps lean to the shape only a little: over 48 held-out "
-                                       "prompts the median mass ratio is about 1.14x and none reach 2x (v8: 1.6x; "
-                                       "v9's colour word 1.33x). Its 8x8 and 16x16 layers alone read 1.16x and "
-                                       "1.06x, so it is the model's, not the averaging. Model card, Limits.")
+@pytest.mark.xfail(strict=True, reason="v8's shape-word maps lean to the shape but not clearly: over 48 held-out "
+                                       "prompts the median mass ratio is about 1.6x and none reach 2x (its colour "
+                                       "word does better: median about 1.95x). See the issue's note.")
 def test_the_shape_words_map_puts_clearly_more_of_its_mass_inside_the_shape(localisation):
     figures = localise.summary(localisation["shape"])
     assert figures["read"] >= 44

@@ -1,10 +1,8 @@
 """training.train's per-latent-pixel loss weights (where the shape, and where its outline, is) and
-its caption-swap windows (small shapes may have their own), --denoiser-seed, resuming, and the
-studio.json it saves."""
+its caption-swap windows (small shapes may have their own), --denoiser-seed, and resuming."""
 import torch
 from safetensors.torch import load_file
 
-from studio import models
 from training import shapes, train
 
 
@@ -64,13 +62,6 @@ def test_the_denoiser_seed_draws_another_denoiser_on_the_same_phase_1_in_one_run
 def test_a_run_resumed_after_phase_1_trains_the_same_denoiser_as_one_uninterrupted_run(tmp_path):
     whole = trained_unet(tmp_path, "whole")
     trained_unet(tmp_path, "resumed")
-    for name in ("denoiser.safetensors", "denoiser.log"):  # phase 1's VAE and latents stay, as v9's run had them
+    for name in ("denoiser.safetensors", "denoiser.log"):  # phase 1's VAE and latents stay, as v5-v8's runs had them
         (tmp_path / "resumed" / name).unlink()
     assert same_weights(whole, trained_unet(tmp_path, "resumed"))
-
-
-def test_the_saved_model_carries_the_guidance_interval_it_is_sampled_with(tmp_path):
-    trained_unet(tmp_path, "run")
-    source = models.resolve(str(tmp_path / "run" / "model"))
-    assert models.model_defaults(source) == {"guidance_min_sigma": train.GUIDANCE_MIN_SIGMA,
-                                             "guidance_fade_sigma": train.GUIDANCE_FADE_SIGMA}
