@@ -38,6 +38,20 @@ def weight(sigma: float, min_sigma: float, fade_sigma: float | None = None) -> f
     return (sigma - min_sigma) / (fade_sigma - min_sigma)
 
 
+FIELDS = ("guidance_min_sigma", "guidance_fade_sigma")  # the request's (studio.fields)
+
+
+def resolve(request, defaults: dict) -> dict:
+    """The run's interval as request fields: the request's, the model's own (`defaults`, from its
+    studio.json) where they are None; checked; with no end (0), nothing fades."""
+    ends = {name: defaults.get(name) if getattr(request, name) is None else getattr(request, name)
+            for name in FIELDS}
+    check_interval(*ends.values())
+    if not ends["guidance_min_sigma"]:
+        ends["guidance_fade_sigma"] = None
+    return ends
+
+
 def check_interval(min_sigma: float | None, fade_sigma: float | None) -> None:
     """StudioError naming guidance_fade_sigma unless it is off (None, 0) or above min_sigma."""
     if min_sigma and fade_sigma and fade_sigma <= min_sigma:

@@ -23,7 +23,8 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from studio import attention as studio_attention
-from studio import devices, forward, guidance, images, inpainting, loras, models, noise, prompts, runcard, schedulers, streams
+from studio import devices, forward, guidance, images, inpainting, loras, models, noise, prompts, runcard
+from studio import schedulers, streams
 from studio.config import Settings
 from studio.errors import GenerationCancelled, StudioError
 from studio.previews import PreviewDecoder
@@ -173,12 +174,8 @@ class PipelineManager:
         chart = copy.deepcopy(pipe.scheduler)  # the schedule chart's: a copy (DPM++ SDE's is slow to make)
         if start is not None:
             pipe.scheduler, generators = start.prepare(pipe.scheduler, generators)
-        interval = {name: model.defaults.get(name) if getattr(request, name) is None else getattr(request, name)
-                    for name in ("guidance_min_sigma", "guidance_fade_sigma")}  # the model's own where unset
-        guidance.check_interval(*interval.values())
-        if not interval["guidance_min_sigma"]:  # guidance at every step: nothing fades
-            interval["guidance_fade_sigma"] = None
-        request = dataclasses.replace(request, width=width, height=height, seed=base_seed, **interval)
+        request = dataclasses.replace(request, width=width, height=height, seed=base_seed,
+                                      **guidance.resolve(request, model.defaults))
         check_limits(request, model.native_size, self.settings.size_factor, self.settings.public)
 
         # 2. LoRAs, then the prompts: A1111's weights and long prompts in chunks (studio.weighting)

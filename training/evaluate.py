@@ -128,10 +128,7 @@ def markdown(accuracy: dict[str, float], fit: float, psnr: float, count: int) ->
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
-    own = models.model_defaults(models.resolve(str(args.model)))
-    for name in ("guidance_min_sigma", "guidance_fade_sigma"):
-        if getattr(args, name) is None:
-            setattr(args, name, own.get(name))
+    vars(args).update(guidance.resolve(args, models.model_defaults(models.resolve(str(args.model)))))
     pipe.set_progress_bar_config(disable=True)
     scenes = held_out_scenes() * args.seeds
     prompts = [shapes.caption(s) for s in scenes]
