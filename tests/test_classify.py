@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 
 from studio.config import DEFAULT_MODEL
 from training import classify, evaluate, shapes
@@ -79,3 +80,15 @@ def test_the_evaluation_names_each_miss_by_its_scene_and_what_was_read():
                     for s in asked[:3] if getattr(s, a) != getattr(last, a)}
                 for a in ("colour", "background", "shape")}
     assert found == expected and all(found.values())
+
+
+def test_behaviour_counts_the_separate_shapes_a_picture_shows():
+    from training import behaviour
+
+    one = shapes.render(shapes.Scene("green", "triangle", "white", "small", "top left", 8, 16, 16))
+    two = np.asarray(one).copy()
+    two[32:, 32:] = np.asarray(one)[:32, :32]  # the same triangle again, in the bottom right quarter
+    blank = shapes.render(shapes.Scene("green", "triangle", "white", "small", "top left", 0.1, 16, 16))
+    assert behaviour.parts(one) == 1
+    assert behaviour.parts(Image.fromarray(two)) == 2
+    assert behaviour.parts(blank) == 0

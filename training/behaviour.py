@@ -6,6 +6,9 @@ takes its prompts and pictures from here); this prints the whole curve rather th
 - img2img from a red circle towards "a large blue square ...": what each strength keeps;
 - the negative prompt "red": the red share of 24 pictures of "a large circle", without and with;
 - guidance: attributes right in 32 held-out scenes at guidance 1, 3 and 7.5;
+- prompts that name no place ("a small green triangle on a white background"), the 16 held-out
+  triples x 2 sizes x 3 seeds: how many are read right, and how many show two or more shapes
+  (the held-out evaluation names a place in every prompt, and v9j drew several shapes without);
 - every sampler but LCM at 8, 20 and 50 steps: of the 16 held-out triples, how many have the
   prompt's colours, and how many its shape as well.
 
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from studio import guidance, schedulers
 from studio.config import DEFAULT_MODEL, Settings
@@ -35,6 +39,7 @@ ATTRIBUTES = ("colour", "background", "shape", "size", "position")
 SAMPLER_PROMPTS = [(f"a {('large', 'small')[i % 2]} {colour} {shape} on a {background} background",
                     colour, shape, background) for i, (colour, shape, background) in enumerate(shapes.HELD_OUT)]
 SAMPLER_STEPS = (8, 20, 50)
+MIN_PART = 6  # pixels (of 64x64) a patch of the shape's colour needs to count as a shape of its own
 
 
 def verdict(image: Image.Image) -> classify.Verdict:
@@ -55,6 +60,30 @@ def share_of(images, colour: str) -> float:
 def img2img(manager, strength: float, seed: int, guidance_scale: float = 7.5) -> classify.Verdict:
     return verdict(manager.generate(GenerationRequest(prompt=BLUE_SQUARE, image=red_circle(), strength=strength,
                                                       seed=seed, guidance_scale=guidance_scale)).images[0])
+
+
+def parts(image: Image.Image) -> int:
+    """How many separate patches of the shape's colour, of MIN_PART pixels or more, a picture shows."""
+    _, foreground, cover = classify.read_colours(np.asarray(image.convert("RGB")))
+    if foreground is None:
+        return 0
+    labels, count = ndimage.label(cover > 0.5)
+    return int((np.bincount(labels.ravel())[1:] >= MIN_PART).sum()) if count else 0
+
+
+def without_place(manager, seeds: int = 3) -> tuple[int, int, int]:
+    """(read right, showing two or more shapes, pictures) for the held-out triples with no place word."""
+    right = several = total = 0
+    for colour, shape, background in shapes.HELD_OUT:
+        for size in shapes.SIZES:
+            for seed in range(seeds):
+                image = manager.generate(GenerationRequest(
+                    prompt=f"a {size} {colour} {shape} on a {background} background", seed=seed)).images[0]
+                seen = verdict(image)
+                right += (seen.colour, seen.shape, seen.background) == (colour, shape, background)
+                several += parts(image) > 1
+                total += 1
+    return right, several, total
 
 
 def negative_red(manager, negative_prompt: str) -> float:
@@ -103,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"negative prompt 'red' on 'a large circle': red share {negative_red(manager, ''):.3f} -> "
           f"{negative_red(manager, 'red'):.3f}")
     print("guidance, attributes right of 160:", {g: guidance_hits(manager, g) for g in (1.0, 3.0, 7.5)})
+    right, several, total = without_place(manager)
+    print(f"no place named: {right} of {total} read right, {several} show two or more shapes")
     if args.skip_samplers:
         return
     print("samplers, of 16 held-out triples: colours right / colours and shape right")
