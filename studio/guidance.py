@@ -22,6 +22,8 @@ knows nothing of Gradio.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from studio.errors import bad_argument
@@ -125,6 +127,13 @@ class GuidanceInterval:
             return (sample, *output[1:])
         output.sample = sample
         return output
+
+
+def applied(pipe, min_sigma: float | None, guidance_scale: float, images: int, fade_sigma: float | None = None):
+    """A context manager that installs the interval on `pipe` for a direct pipeline call (a no-op
+    where for_run gives none), for the training scripts' batched calls."""
+    interval = for_run(pipe, min_sigma, guidance_scale, images, fade_sigma)
+    return interval if interval is not None else contextlib.nullcontext()
 
 
 def for_run(pipe, min_sigma: float | None, guidance_scale: float, images: int,

@@ -134,14 +134,14 @@ def resolve_file(name: str, path: Path, trust_pickle: bool) -> ModelSource:
 # ---------------------------------------------------------------- a model's own defaults
 
 DEFAULTS_FILE = "studio.json"  # in a model folder: request defaults the model sets for itself
-MODEL_DEFAULTS = ("guidance_min_sigma", "guidance_fade_sigma")  # the fields it may set
 
 
 def model_defaults(source: ModelSource) -> dict:
-    """What a model folder's DEFAULTS_FILE sets, e.g. {"guidance_min_sigma": 0.2} (the bundled
-    model's guidance interval, studio.guidance), each value checked as a request's; {} without one."""
+    """What a model folder's DEFAULTS_FILE sets: its guidance interval (studio.guidance), e.g.
+    {"guidance_min_sigma": 0.2, "guidance_fade_sigma": 0.8}, each value checked as a request's;
+    {} without one."""
     from studio.fields import FIELD
-    from studio.guidance import check_interval
+    from studio.guidance import FIELDS as MODEL_DEFAULTS, check_interval
     from studio.requests import check_field
 
     path = Path(source.location) / DEFAULTS_FILE

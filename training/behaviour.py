@@ -17,7 +17,6 @@ takes its prompts and pictures from here); this prints the whole curve rather th
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections import Counter
 from pathlib import Path
 
@@ -109,8 +108,7 @@ def sampler_verdicts(manager, name: str, steps: int) -> list[classify.Verdict]:
     pipe.scheduler = schedulers.make_scheduler(name, manager.loaded.scheduler_config, seeds)
     # the model's own guidance interval, as the manager runs it (studio.guidance)
     own = manager.loaded.defaults
-    interval = guidance.for_run(pipe, own.get("guidance_min_sigma"), 7.5, len(seeds), own.get("guidance_fade_sigma"))
-    with interval or contextlib.nullcontext():
+    with guidance.applied(pipe, own.get("guidance_min_sigma"), 7.5, len(seeds), own.get("guidance_fade_sigma")):
         images = pipe([p for p, *_ in SAMPLER_PROMPTS], num_inference_steps=steps, guidance_scale=7.5,
                       generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pil").images
     return [verdict(image) for image in images]

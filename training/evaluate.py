@@ -13,7 +13,6 @@ attribute (which held-out scene, read as what). It trains nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import random
@@ -66,9 +65,8 @@ def generate(pipe, prompts: list[str], seeds: list[int], args) -> list[np.ndarra
         chunk = slice(start, start + args.batch)
         pipe.scheduler = schedulers.make_scheduler(args.scheduler, config, seeds[chunk])
         generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
-        interval = guidance.for_run(pipe, args.guidance_min_sigma, args.guidance_scale, len(generators),
-                                    args.guidance_fade_sigma)
-        with interval or contextlib.nullcontext():
+        with guidance.applied(pipe, args.guidance_min_sigma, args.guidance_scale, len(generators),
+                              args.guidance_fade_sigma):
             out = pipe(prompts[chunk], num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                        generator=generators, output_type="np").images
         images += list((out * 255).round().astype(np.uint8))
