@@ -28,3 +28,12 @@ def test_fine_attention_reads_them_at_16x16_too_with_no_self_attention_there():
     assert fine and all(name.startswith("down_blocks.0.") for name in fine)
     block = unet.down_blocks[0].attentions[0].transformer_blocks[0]
     assert block.only_cross_attention and block.attn1.is_cross_attention
+
+
+def test_fine_self_attention_makes_the_16x16_block_a_whole_one_whose_first_attention_reads_the_pixels():
+    unet = architecture.build_unet(fine_self_attention=True)
+    sizes = attention_sizes(unet)
+    assert sorted(set(sizes.values())) == [8, 16]
+    block = unet.down_blocks[0].attentions[0].transformer_blocks[0]
+    assert not block.only_cross_attention and not block.attn1.is_cross_attention
+    assert block.attn2.is_cross_attention

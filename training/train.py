@@ -107,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="attention also at 4x4 and in the middle block, as in v6")
     p.add_argument("--fine-attention", action="store_true",
                    help="cross-attention also at the 16x16 level (down path), where small shapes are drawn")
+    p.add_argument("--fine-self-attention", action="store_true",
+                   help="a whole transformer block at the 16x16 level (down path): self-attention there too")
     p.add_argument("--scale", type=int, default=1, help="width multiplier for bigger models")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -295,7 +297,8 @@ def swap_windows(args, small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, small: torch.Tensor, empty_ids: torch.Tensor,
                    pixel_weights: torch.Tensor, vocab_size: int, generator: torch.Generator) -> Denoiser:
-    model = Denoiser(architecture.build_unet(args.scale, args.deep_attention, args.fine_attention),
+    model = Denoiser(architecture.build_unet(args.scale, args.deep_attention, args.fine_attention,
+                                                 args.fine_self_attention),
                      architecture.build_text_encoder(vocab_size, args.scale)).to(args.device)
     # The word table stays as drawn: trained, v1's words for place collapsed together (top and
     # bottom at cosine 0.76, left and right 0.96) long before the UNet could use them.
