@@ -2,7 +2,8 @@
 
 Sized for 64x64 images and a 2-core CPU: a 4x-downsampling AutoencoderKL (16x16x4 latents),
 a 2-layer 64-wide CLIP text encoder, and a 3-level UNet with attention at the middle (8x8)
-level only (`fine_attention` adds cross-attention at the 16x16 level of the down path).
+level only (`fine_attention` adds cross-attention at the 16x16 level of the down path,
+`fine_self_attention` a whole transformer block there).
 `--scale` widens everything for a bigger run on a GPU. This module only builds untrained
 modules; training is in train.py.
 """
@@ -67,7 +68,8 @@ def build_unet(scale: int = 1, deep_attention: bool = False, fine_attention: boo
     It costs 1.22x a training step (0.41 -> 0.50 s, batch 64); the same on the up path's two
     16x16 layers cost 1.64x, and on both 1.9x, too slow for the hour. `fine_self_attention` makes
     that block a whole one, self-attention over the 256 latent pixels then the words, so that a
-    place can see what the others draw (1.43x a v9j step, 0.50 -> 0.72 s for the UNet alone)."""
+    place can see what the others draw (1.43x a v9j step, 0.50 -> 0.72 s for the UNet alone). It
+    did not stop place-less prompts drawing copies, and cost shape (v9o, model card)."""
     low = "CrossAttn" if deep_attention else ""
     high = "CrossAttn" if fine_attention or fine_self_attention else ""
     return UNet2DConditionModel(

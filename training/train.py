@@ -297,8 +297,9 @@ def swap_windows(args, small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def train_denoiser(args, latents: torch.Tensor, ids: torch.Tensor, small: torch.Tensor, empty_ids: torch.Tensor,
                    pixel_weights: torch.Tensor, vocab_size: int, generator: torch.Generator) -> Denoiser:
-    model = Denoiser(architecture.build_unet(args.scale, args.deep_attention, args.fine_attention,
-                                                 args.fine_self_attention),
+    model = Denoiser(architecture.build_unet(args.scale, deep_attention=args.deep_attention,
+                                             fine_attention=args.fine_attention,
+                                             fine_self_attention=args.fine_self_attention),
                      architecture.build_text_encoder(vocab_size, args.scale)).to(args.device)
     # The word table stays as drawn: trained, v1's words for place collapsed together (top and
     # bottom at cosine 0.76, left and right 0.96) long before the UNet could use them.
