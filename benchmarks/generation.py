@@ -70,7 +70,8 @@ def studio_vs_diffusers(manager, raw, plan: p.Plan) -> list[Figure]:
     """Section 1 (and 9): manager.generate vs StableDiffusionPipeline(...), interleaved."""
     size = manager.loaded.native_size
     # guidance at every step, as the plain pipeline call runs it: a model's own guidance interval
-    # (studio.guidance; the bundled model's fades it over 20 steps) changes the pixels, not the work
+    # (studio.guidance, from its studio.json) would change the pixels and skip the unconditional
+    # pass at low noise, so the two would no longer do the same work
     request = studio_request(manager, guidance_min_sigma=0.0)
     studio_image = manager.generate(request).images[0]
     raw_image = raw_call(raw, size)
