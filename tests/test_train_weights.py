@@ -1,8 +1,12 @@
 """training.train's per-latent-pixel loss weights (where the shape, and where its outline, is) and
 its caption-swap windows (small shapes may have their own), --denoiser-seed, and resuming."""
+import random
+import re
+
 import torch
 from safetensors.torch import load_file
 
+from studio import models
 from training import shapes, train
 
 
@@ -65,3 +69,25 @@ def test_a_run_resumed_after_phase_1_trains_the_same_denoiser_as_one_uninterrupt
     for name in ("denoiser.safetensors", "denoiser.log"):  # phase 1's VAE and latents stay, as v5-v8's runs had them
         (tmp_path / "resumed" / name).unlink()
     assert same_weights(whole, trained_unet(tmp_path, "resumed"))
+
+
+def test_with_centre_place_keep_only_a_centred_shape_goes_unplaced_and_the_draws_stay_the_same():
+    scenes = shapes.scenes(0, 2000, shapes.training_triples())
+    plain = [shapes.caption(s, rng, train.CAPTION_KEEP) for rng in [random.Random(1)] for s in scenes]
+    ruled = [shapes.caption(s, rng, train.CAPTION_KEEP, centre_keep=0.4) for rng in [random.Random(1)] for s in scenes]
+    unplaced = [s for s, c in zip(scenes, ruled) if " the " not in c]
+    assert unplaced and all(s.position == "center" for s in unplaced)
+    centred = [c for s, c in zip(scenes, ruled) if s.position == "center"]
+    assert 0.3 < sum("in the center" in c for c in centred) / len(centred) < 0.5  # kept with 0.4
+    # Every other attribute is drawn as before: the captions differ only in their place phrase.
+    place = re.compile(" (in the center|at the (" + "|".join(sorted(shapes.POSITIONS, key=len, reverse=True)) + "))")
+    assert [place.sub("", c) for c in ruled] == [place.sub("", c) for c in plain]
+    assert any(" the " not in c and s.position != "center" for s, c in zip(scenes, plain))  # without the rule
+
+
+def test_the_model_folder_carries_its_guidance_interval_and_none_when_switched_off(tmp_path):
+    trained_unet(tmp_path, "faded")
+    source = models.ModelSource("faded", "folder", str(tmp_path / "faded" / "model"), "diffusers")
+    assert models.model_defaults(source) == {"guidance_min_sigma": 0.2, "guidance_fade_sigma": 0.8}
+    trained_unet(tmp_path, "faded", "--guidance-min-sigma", "0", "--guidance-fade-sigma", "0")  # resumed, saved again
+    assert models.model_defaults(source) == {}

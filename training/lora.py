@@ -56,7 +56,8 @@ def dataset(args, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     rng = random.Random(args.seed)
     scenes = shapes.scenes(args.seed, args.images, shapes.training_triples())
     pictures = torch.from_numpy(shapes.render_batch([shifted(s, args.shift) for s in scenes])).permute(0, 3, 1, 2)
-    captions = [shapes.caption(s, rng, train.CAPTION_KEEP) for s in scenes]
+    # the base model's caption rule: only a centred shape may go unplaced
+    captions = [shapes.caption(s, rng, train.CAPTION_KEEP, centre_keep=train.CENTRE_PLACE_KEEP) for s in scenes]
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     return pictures.float() / 127.5 - 1.0, ids

@@ -129,10 +129,15 @@ def coverage(shape: str, half: float, cx: float, cy: float) -> np.ndarray:
     return np.asarray(big.resize((RESOLUTION,) * 2, Image.Resampling.BOX), np.float32) / 255
 
 
-def caption(scene: Scene, rng: random.Random | None = None, keep: float = 1.0) -> str:
-    """The scene's caption; with `rng`, each optional attribute is kept with probability `keep`."""
-    def kept() -> bool:
-        return rng is None or rng.random() < keep
+def caption(scene: Scene, rng: random.Random | None = None, keep: float = 1.0,
+            centre_keep: float | None = None) -> str:
+    """The scene's caption; with `rng`, each optional attribute is kept with probability `keep`.
+
+    With `centre_keep`, only a centred shape's place may be left out (it is kept with that
+    probability), so that a caption without a place means the centre; other places are always named.
+    The draws from `rng` are the same either way."""
+    def kept(probability: float = keep) -> bool:
+        return rng is None or rng.random() < probability
 
     words = ["a"]
     if kept():
@@ -140,8 +145,9 @@ def caption(scene: Scene, rng: random.Random | None = None, keep: float = 1.0) -
     if kept():
         words.append(scene.colour)
     words.append(scene.shape)
-    if kept():
-        words += ["in", "the", "center"] if scene.position == "center" else ["at", "the", scene.position]
+    centred = scene.position == "center"
+    if kept(keep if centre_keep is None else centre_keep if centred else 1.0):
+        words += ["in", "the", "center"] if centred else ["at", "the", scene.position]
     if kept():
         words += ["on", "a", scene.background, "background"]
     return " ".join(words)
