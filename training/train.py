@@ -75,9 +75,10 @@ COLOUR_ONLY = 0.05
 # 96 place-less pictures (v8 36, v9j 70).
 CENTRE_PLACE_KEEP = 0.4
 # The guidance interval the model ships in its studio.json (studio.guidance; model card, "v9j with
-# a guidance fade"): full guidance above sigma 0.8, none below 0.2. Below t = 150 every caption was
-# swapped for another picture's, so there guidance only magnifies the residue (img2img at strength
-# 0.3 turned the red circle orange).
+# a guidance fade"): full guidance above sigma 1.6, fading to none below 0.2. Below t = 150 every
+# caption was swapped for another picture's, so there guidance only magnifies the residue (img2img at
+# strength 0.3 turned the red circle orange). v9j and v9p faded from 0.8; the bundled draw needs 1.6
+# to keep img2img's circle at 0.3, and its held-out figures are the same with either.
 GUIDANCE_MIN_SIGMA, GUIDANCE_FADE_SIGMA = 0.2, 1.6
 # The denoiser's draw (--denoiser-seed): with seed 0's phase 1, v9's recipe drew v9p ('off', one
 # stream), v9q3 (3), v9t4 (4) and v9 (5), the bundled one; each of the others missed a bar (model card,
