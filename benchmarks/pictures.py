@@ -2,7 +2,7 @@
 
     python -m benchmarks.pictures [--out docs]
 
-branch.png (a run and its branch with a new prompt after step 6), lens.png (x0 at step 3 under
+branch.png (a run and its branch with a new prompt after step 3), lens.png (x0 at step 3 under
 several guidance scales, from the kept halves), settling.png (how far x0 moved at each step) and
 attention.png (the picture and its words' attention over all steps).
 """
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parent = manager.generate(GenerationRequest(prompt="a large red circle on a blue background", seed=5,
                                                 num_inference_steps=12))
-    branch = branching.branch(manager, parent, 6, prompt="a large yellow square on a blue background")
-    export.branch_sheet([x0s(parent), x0s(branch)], 6, ("the run", "its branch"), cell=64).save(args.out / "branch.png")
+    branch = branching.branch(manager, parent, 3, prompt="a large yellow square on a blue background")
+    export.branch_sheet([x0s(parent), x0s(branch)], 3, ("the run", "its branch"), cell=64).save(args.out / "branch.png")
 
     run = manager.generate(GenerationRequest(prompt="a large green triangle on a white background", seed=7,
                                              num_inference_steps=10))

@@ -57,10 +57,16 @@ def trained_unet(tmp_path, name: str, *extra: str) -> dict[str, torch.Tensor]:
 
 def test_the_denoiser_seed_draws_another_denoiser_on_the_same_phase_1_in_one_run(tmp_path):
     seed_1 = trained_unet(tmp_path, "one", "--denoiser-seed", "1")
-    # --vae-from a seed's phase 1 is --denoiser-seed seed + 1 on it: what two processes did, one does.
-    assert same_weights(seed_1, trained_unet(tmp_path, "from", "--vae-from", str(tmp_path / "one" / "model")))
+    # --vae-from a seed's phase 1 with the denoiser seed off is --denoiser-seed seed + 1 on it: what
+    # two processes did, one does.
+    assert same_weights(seed_1, trained_unet(tmp_path, "from", "--vae-from", str(tmp_path / "one" / "model"),
+                                             "--denoiser-seed", "off"))
     assert not same_weights(seed_1, trained_unet(tmp_path, "two", "--denoiser-seed", "2"))
-    assert not same_weights(seed_1, trained_unet(tmp_path, "plain"))
+    # The default is the bundled model's draw, 5; 'off' is one stream through both phases (v9p).
+    plain = trained_unet(tmp_path, "plain")
+    assert same_weights(plain, trained_unet(tmp_path, "five", "--denoiser-seed", "5"))
+    assert not same_weights(plain, trained_unet(tmp_path, "stream", "--denoiser-seed", "off"))
+    assert not same_weights(seed_1, plain)
 
 
 def test_a_run_resumed_after_phase_1_trains_the_same_denoiser_as_one_uninterrupted_run(tmp_path):
@@ -88,6 +94,6 @@ def test_with_centre_place_keep_only_a_centred_shape_goes_unplaced_and_the_draws
 def test_the_model_folder_carries_its_guidance_interval_and_none_when_switched_off(tmp_path):
     trained_unet(tmp_path, "faded")
     source = models.ModelSource("faded", "folder", str(tmp_path / "faded" / "model"), "diffusers")
-    assert models.model_defaults(source) == {"guidance_min_sigma": 0.2, "guidance_fade_sigma": 0.8}
+    assert models.model_defaults(source) == {"guidance_min_sigma": 0.2, "guidance_fade_sigma": 1.6}
     trained_unet(tmp_path, "faded", "--guidance-min-sigma", "0", "--guidance-fade-sigma", "0")  # resumed, saved again
     assert models.model_defaults(source) == {}
