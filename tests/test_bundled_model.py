@@ -108,8 +108,13 @@ def test_img2img_from_strength_05_follows_the_prompt(bundled_manager, seed):
 # diffusers matches k-diffusion's sample_dpm_2_ancestral (a hand-written loop scored the same);
 # on an exact two-mode denoiser at guidance 7.5 it lands in the prompted mode 0.61 of the time.
 # v9, with its guidance fading from sigma 1.6, draws 2 of 16 under DPM2 a at 8 steps; it also falls
-# short under DPM++ 2M Karras at 8 steps (7 of 16; v9p and v8 12 or more; why is not checked) and
-# under UniPC at 8 (11) (model card, Limits). At 20 and 50 steps every sampler draws 14 to 16.
+# short under DPM++ 2M Karras at 8 steps (7 of 16; v9p and v8 12 or more) and under UniPC at 8 (11)
+# (model card, Limits). Both are their second-order extrapolation under strong guidance: on the
+# same sigmas, first order draws 15 (Karras) and 14 (UniPC), and guidance 5 draws 11 and 15
+# (Karras at guidance 3: 15); the misses are hue shifts (purple to blue, green to black). Without
+# the fade Karras draws 8; ramping its sigmas from 20 to 80 rather than 14.6, 5 to 10. Karras'
+# last steps are the wide ones (sigma ratios 2.3 to 3.7, DPM++ 2M's 1.6 to 1.8). At 20 and 50
+# steps every sampler draws 14 to 16.
 SAMPLER_GAPS = {("DPM2 a", 8), ("DPM++ 2M Karras", 8), ("UniPC", 8)}
 
 
